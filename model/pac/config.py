@@ -1,0 +1,392 @@
+"""Typed configuration: the single home of every hyper-parameter default.
+
+Everything that behaves is built from these dataclasses. CLI flags are derived from them
+(`pac.cli`), YAML presets hold overrides only, and KFP components, helm values and the
+generated DeepSpeed config repeat none of these defaults. Each dataclass validates itself in
+`__post_init__` and names the offending field in its error message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+# Camera resolution shared by the simulator (what episodes store) and the vision encoder.
+IMAGE_SIZE = 64
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and what to do."""
+
+
+def _check(ok: bool, name: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"{name}: {msg}")
+
+
+@dataclass
+class ModelConfig:
+    """Perceiver-IO actor-critic dimensions (see PAC.md, Figure 2)."""
+
+    d_model: int = 64  # width of input tokens, latents and queries
+    num_latents: int = 16  # learnable latent queries z_0
+    num_blocks: int = 2  # M self-attention blocks over the latents
+    num_heads: int = 4
+    mlp_ratio: int = 4
+    decoder_layers: int = 1  # cross-attention layers in each decoder
+    max_proprio_dims: int = 96  # learned per-dimension position embeddings for proprio tokens
+    max_action_dims: int = 16  # policy queries; embodiments with fewer dims are masked
+    action_bins: int = 101  # per-dimension uniform bins over [-1, 1] (normalised action bounds)
+    value_atoms: int = 101  # categorical Q support
+    value_min: float = 0.0
+    value_max: float = 100.0  # rewards in [0, 1] with discount 0.99 bound returns by 100
+    image_size: int = IMAGE_SIZE
+    image_channels: int = 3
+    patch_size: int = 8
+    max_text_tokens: int = 48  # byte-level tokens of the task instruction
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "num_latents", "num_blocks", "num_heads", "mlp_ratio", "decoder_layers",
+                     "max_proprio_dims", "max_action_dims", "image_channels", "patch_size", "max_text_tokens"):
+            _check(getattr(self, name) >= 1, f"model.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _check(self.d_model % self.num_heads == 0, "model.d_model",
+               f"{self.d_model} is not divisible by model.num_heads={self.num_heads}")
+        _check(self.action_bins >= 2, "model.action_bins", f"need at least 2 bins, got {self.action_bins}")
+        _check(self.value_atoms >= 2, "model.value_atoms", f"need at least 2 atoms, got {self.value_atoms}")
+        _check(self.value_max > self.value_min, "model.value_max",
+               f"must exceed model.value_min ({self.value_max} <= {self.value_min})")
+        _check(self.image_size % self.patch_size == 0, "model.image_size",
+               f"{self.image_size} is not divisible by model.patch_size={self.patch_size}")
+
+
+@dataclass
+class ObjectiveConfig:
+    """KL-regularised offline actor-critic objective (PAC.md, "Objective").
+
+    alpha=1, beta=0 is BC; alpha=1, beta>0 is BC+Q; alpha<1 is PAC.
+    """
+
+    alpha: float = 0.75  # weight of the behaviour-cloning KL(b || pi)
+    beta: float = 1.0  # weight of the distributional critic cross-entropy
+    eta: float = 1.0  # temperature of the improved policy (initial value when learned)
+    learn_eta: bool = True  # MPO-style dual on eta with KL bound epsilon
+    epsilon: float = 0.1  # KL bound of the eta dual
+    eta_min: float = 1e-3
+    num_action_samples: int = 20  # a' ~ pi_theta' per state for the improvement term and the critic target
+    uniform_mix: float = 0.0  # mix of uniform into the sampling policy (guards entropy collapse)
+    n_step: int = 5
+    discount: float = 0.99
+    target_update: Literal["polyak", "periodic"] = "polyak"
+    polyak_tau: float = 0.005
+    target_period: int = 200  # steps between copies when target_update == "periodic"
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.alpha <= 1.0, "objective.alpha", f"must be in [0, 1], got {self.alpha}")
+        _check(self.beta >= 0.0, "objective.beta", f"must be >= 0, got {self.beta}")
+        _check(self.eta > 0.0, "objective.eta", f"must be > 0, got {self.eta}")
+        _check(self.epsilon > 0.0, "objective.epsilon", f"must be > 0, got {self.epsilon}")
+        _check(0.0 < self.eta_min <= self.eta, "objective.eta_min", f"must be in (0, eta], got {self.eta_min}")
+        _check(self.num_action_samples >= 1, "objective.num_action_samples",
+               f"must be >= 1, got {self.num_action_samples}")
+        _check(0.0 <= self.uniform_mix < 1.0, "objective.uniform_mix", f"must be in [0, 1), got {self.uniform_mix}")
+        _check(self.n_step >= 1, "objective.n_step", f"must be >= 1, got {self.n_step}")
+        _check(0.0 < self.discount <= 1.0, "objective.discount", f"must be in (0, 1], got {self.discount}")
+        _check(self.target_update in ("polyak", "periodic"), "objective.target_update",
+               f"must be 'polyak' or 'periodic', got {self.target_update!r}")
+        _check(0.0 < self.polyak_tau <= 1.0, "objective.polyak_tau", f"must be in (0, 1], got {self.polyak_tau}")
+        _check(self.target_period >= 1, "objective.target_period", f"must be >= 1, got {self.target_period}")
+
+    @property
+    def method(self) -> str:
+        """The paper's name for this setting: BC, BC+Q or PAC."""
+        if self.alpha < 1.0:
+            return "PAC"
+        return "BC+Q" if self.beta > 0 else "BC"
+
+
+@dataclass
+class DataConfig:
+    """Which dataset to train on and how to sample it."""
+
+    dataset: str = ""  # dataset URI: local path or s3://bucket/prefix[@version]
+    tasks: list[str] = field(default_factory=list)  # empty: every task in the dataset
+    task_weights: dict[str, float] = field(default_factory=dict)  # empty: proportional to transitions
+    cache_dir: str = ""  # local cache for downloaded shards; empty: <storage.root>/cache
+    shards_in_memory: int = 4  # bounds memory on datasets larger than RAM
+
+    def __post_init__(self) -> None:
+        for task, w in self.task_weights.items():
+            _check(w >= 0.0, f"data.task_weights[{task}]", f"must be >= 0, got {w}")
+        _check(self.shards_in_memory >= 1, "data.shards_in_memory", f"must be >= 1, got {self.shards_in_memory}")
+
+
+@dataclass
+class GenerateConfig:
+    """Behaviour-data generation on the simulated task suite (`pac data generate`)."""
+
+    tasks: list[str] = field(default_factory=lambda: ["cartpole/balance", "point_mass/easy"])
+    episodes_per_policy: int = 4  # per task and per quality level
+    qualities: list[str] = field(default_factory=lambda: ["random", "noisy", "expert"])
+    episode_steps: int = 250  # time limit per episode (control steps)
+    vision: bool = False  # also store camera pixels
+    image_size: int = IMAGE_SIZE
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.episodes_per_policy >= 1, "generate.episodes_per_policy",
+               f"must be >= 1, got {self.episodes_per_policy}")
+        _check(self.episode_steps >= 2, "generate.episode_steps", f"must be >= 2, got {self.episode_steps}")
+        _check(bool(self.tasks), "generate.tasks", "name at least one task (see `pac tasks`)")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation, DeepSpeed engine and checkpointing."""
+
+    steps: int = 200
+    global_batch_size: int = 64
+    micro_batch_size: int = 64  # per rank; accumulation = global / (micro * world_size)
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    grad_clip: float = 1.0
+    zero_stage: int = 0
+    precision: Literal["bf16", "fp32"] = "bf16"
+    activation_checkpointing: bool = False
+    offload_optimizer: bool = False
+    offload_params: bool = False
+    checkpoint_every: int = 100
+    eval_every: int = 0  # 0 disables the periodic evaluation hook
+    log_every: int = 10
+    output: str = "outputs/run"  # run directory: local path or s3://bucket/prefix
+    init_from: str = ""  # weights to start from (finetuning): checkpoint dir, safetensors export or models:/ URI
+    resume: bool = True  # continue from the newest checkpoint in `output` when there is one
+
+    def __post_init__(self) -> None:
+        _check(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
+        _check(self.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {self.micro_batch_size}")
+        _check(self.global_batch_size % self.micro_batch_size == 0, "train.global_batch_size",
+               f"{self.global_batch_size} is not divisible by train.micro_batch_size={self.micro_batch_size}")
+        _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.warmup_steps >= 0, "train.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
+        _check(self.lr_schedule in ("cosine", "constant"), "train.lr_schedule",
+               f"must be 'cosine' or 'constant', got {self.lr_schedule!r}")
+        _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 disables), got {self.grad_clip}")
+        _check(self.zero_stage in (0, 1, 2, 3), "train.zero_stage",
+               f"unknown ZeRO stage {self.zero_stage}; use 0, 1, 2 or 3")
+        _check(self.precision in ("bf16", "fp32"), "train.precision",
+               f"must be 'bf16' or 'fp32', got {self.precision!r}")
+        _check(not self.offload_optimizer or self.zero_stage >= 2, "train.offload_optimizer",
+               "optimizer offload needs train.zero_stage >= 2")
+        _check(not self.offload_params or self.zero_stage == 3, "train.offload_params",
+               "parameter offload needs train.zero_stage == 3")
+        for name in ("checkpoint_every", "log_every"):
+            _check(getattr(self, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _check(self.eval_every >= 0, "train.eval_every", f"must be >= 0, got {self.eval_every}")
+
+
+@dataclass
+class EvalConfig:
+    """Simulated evaluation (`pac evaluate`), also used by training and collection."""
+
+    tasks: list[str] = field(default_factory=list)  # empty: the tasks the model was trained on
+    episodes: int = 4  # per task
+    num_envs: int = 4  # environments stepped together per task (batched inference)
+    episode_steps: int = 250
+    greedy: bool = True  # argmax bins; False samples with `temperature`
+    temperature: float = 1.0
+    q_select_samples: int = 0  # >0: score this many sampled actions with the Q decoder, take the best
+    videos_per_task: int = 1
+    video: bool = True
+    seed: int = 1000
+
+    def __post_init__(self) -> None:
+        for name in ("episodes", "num_envs", "episode_steps"):
+            _check(getattr(self, name) >= 1, f"eval.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _check(self.temperature > 0, "eval.temperature", f"must be > 0, got {self.temperature}")
+        _check(self.q_select_samples >= 0, "eval.q_select_samples", f"must be >= 0, got {self.q_select_samples}")
+        _check(self.videos_per_task >= 0, "eval.videos_per_task", f"must be >= 0, got {self.videos_per_task}")
+
+
+@dataclass
+class StorageConfig:
+    """Object store. Credentials never live here: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY come from the
+    environment (a Kubernetes Secret in the cluster)."""
+
+    root: str = "pac-store"  # where relative dataset/run names live: local directory or s3://bucket/prefix
+    endpoint: str = ""  # S3 endpoint host:port; empty: $AWS_ENDPOINT_URL, else required for s3:// URIs
+    secure: bool = True  # TLS to the endpoint
+    region: str = ""
+    retries: int = 5
+    part_size_mb: int = 16  # multipart chunk size for large shards
+
+    def __post_init__(self) -> None:
+        _check(self.retries >= 0, "storage.retries", f"must be >= 0, got {self.retries}")
+        _check(self.part_size_mb >= 5, "storage.part_size_mb", f"S3 multipart parts must be >= 5 MB, "
+               f"got {self.part_size_mb}")
+
+
+@dataclass
+class TrackingConfig:
+    """MLflow tracking and model registry."""
+
+    enabled: bool = True
+    uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else a local store under outputs/mlruns
+    experiment: str = "pac"
+    registered_model: str = "pac-policy"
+    system_metrics: bool = True
+
+    def __post_init__(self) -> None:
+        _check(bool(self.experiment), "tracking.experiment", "must not be empty")
+
+
+@dataclass
+class Config:
+    """Everything a PAC run needs, resolved. A checkpoint carries this, MLflow gets it flattened once."""
+
+    preset: str = "tiny"  # model size preset (`pac presets`); `model` holds its resolved dimensions
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys -> values, for MLflow params."""
+        return flatten(self.to_dict())
+
+    def dump(self, path: str | Path) -> None:
+        path = Path(path)
+        text = json.dumps(self.to_dict(), indent=2) if path.suffix == ".json" else yaml.safe_dump(
+            self.to_dict(), sort_keys=False)
+        path.write_text(text)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        return build(cls, data, "")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        return cls.from_dict(read_overrides(path))
+
+
+def read_overrides(path: str | Path) -> dict[str, Any]:
+    """Read a YAML/JSON file of (possibly partial) config values."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML/JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and k != "task_weights":
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `override` into a copy of `base` (mappings merge, everything else replaces)."""
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "task_weights":
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def coerce(value: Any, tp: Any, name: str) -> Any:
+    """Check/convert a parsed value to the annotated type, naming the field on failure."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        return build(tp, value, name + ".")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{name}: must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        return coerce(value, next(a for a in args if a is not type(None)), name)
+    if origin is list:
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        return [coerce(v, args[0], f"{name}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if isinstance(value, str):
+            value = dict(kv.split("=", 1) for kv in value.split(",") if kv) if value else {}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{name}: expected a mapping, got {value!r}")
+        return {str(k): coerce(v, args[1], f"{name}[{k}]") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
+            return value.lower() in ("true", "1", "yes")
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name}: expected true/false, got {value!r}")
+        return value
+    if tp in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        try:
+            out = tp(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected {tp.__name__}, got {value!r}") from None
+        if tp is int and isinstance(value, float) and value != out:
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        return out
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    """Build dataclass `cls` from a mapping; unknown keys are errors naming the key."""
+    fields = field_types(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"known: {', '.join(prefix + k for k in fields)}")
+    kwargs = {k: coerce(v, fields[k], prefix + k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{prefix or 'config'}: {e}") from e

@@ -1,0 +1,78 @@
+"""Modality encoders: proprioception, vision and language -> input tokens e_I (PAC.md, Figure 2).
+
+Each returns tokens (B, L, D) and a validity mask (B, L). Absent modalities contribute no valid
+tokens; the caller adds an always-valid learned token so attention is defined for every sample.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pac.config import ModelConfig
+
+
+def symlog(x: torch.Tensor) -> torch.Tensor:
+    """Squash unnormalised proprio values (velocities reach tens) without per-task statistics."""
+    return torch.sign(x) * torch.log1p(torch.abs(x))
+
+
+class ProprioEncoder(nn.Module):
+    """Every scalar of the state vector is one token: value embedding + learned per-dimension position.
+
+    Embodiments with different state sizes share the model: shorter vectors are padded and masked.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.max_dims = cfg.max_proprio_dims
+        self.value = nn.Sequential(nn.Linear(1, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model))
+        self.position = nn.Embedding(cfg.max_proprio_dims, cfg.d_model)
+
+    def forward(self, proprio: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, p = proprio.shape
+        if p > self.max_dims:
+            raise ValueError(f"observation has {p} proprio dimensions; the model takes at most "
+                             f"model.max_proprio_dims={self.max_dims}")
+        dtype = self.position.weight.dtype
+        x = symlog(proprio).to(dtype).unsqueeze(-1)  # (B, P, 1)
+        tokens = self.value(x) + self.position.weight[:p]  # (B, P, D)
+        return tokens, mask
+
+
+class VisionEncoder(nn.Module):
+    """Patch encoder: non-overlapping patches -> linear projection + learned 2-D position."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.size = cfg.image_size
+        self.channels = cfg.image_channels
+        n = (cfg.image_size // cfg.patch_size) ** 2
+        self.patch = nn.Conv2d(cfg.image_channels, cfg.d_model, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.position = nn.Embedding(n, cfg.d_model)
+
+    def forward(self, image: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if image.shape[1:] != (self.channels, self.size, self.size):
+            raise ValueError(f"image batch has shape {tuple(image.shape[1:])}; the model expects "
+                             f"({self.channels}, {self.size}, {self.size}) (model.image_size)")
+        x = image.to(self.patch.weight.dtype) / 255.0 - 0.5  # (B, C, H, W)
+        tokens = self.patch(x).flatten(2).transpose(1, 2) + self.position.weight  # (B, N, D)
+        mask = present[:, None].expand(-1, tokens.shape[1])  # (B, N)
+        return tokens, mask
+
+
+class LanguageEncoder(nn.Module):
+    """Byte-token embedding + learned position (the tokenizer is `pac.inputs.tokenize`, no download)."""
+
+    VOCAB = 257  # 256 bytes + padding
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.max_tokens = cfg.max_text_tokens
+        self.token = nn.Embedding(self.VOCAB, cfg.d_model)
+        self.position = nn.Embedding(cfg.max_text_tokens, cfg.d_model)
+
+    def forward(self, text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = min(text.shape[1], self.max_tokens)
+        text, mask = text[:, :n], mask[:, :n]
+        return self.token(text) + self.position.weight[:n], mask  # (B, L, D)
