@@ -118,13 +118,15 @@ class DataConfig:
     dataset: str = ""  # dataset URI: local path or s3://bucket/prefix[@version]
     tasks: list[str] = field(default_factory=list)  # empty: every task in the dataset
     task_weights: dict[str, float] = field(default_factory=dict)  # empty: proportional to transitions
-    cache_dir: str = ""  # local cache for downloaded shards; empty: <storage.root>/cache
+    cache_dir: str = ""  # local cache for downloaded shards; empty: <storage.root>/cache, ~/.cache/pac if root is s3://
     shards_in_memory: int = 4  # bounds memory on datasets larger than RAM
+    shard_mb: float = 64.0  # ingestion: target size of one shard file (episodes are never split across shards)
 
     def __post_init__(self) -> None:
         for task, w in self.task_weights.items():
             _check(w >= 0.0, f"data.task_weights[{task}]", f"must be >= 0, got {w}")
         _check(self.shards_in_memory >= 1, "data.shards_in_memory", f"must be >= 1, got {self.shards_in_memory}")
+        _check(self.shard_mb > 0, "data.shard_mb", f"must be > 0, got {self.shard_mb}")
 
 
 @dataclass
