@@ -74,9 +74,15 @@ def improvement_weights(q: torch.Tensor, eta: torch.Tensor) -> torch.Tensor:
 
 
 def eta_dual_loss(q: torch.Tensor, eta: torch.Tensor, epsilon: float) -> torch.Tensor:
-    """MPO dual g(eta) = eta*epsilon + eta * mean_s log mean_a' exp(Q(s,a')/eta); Q is treated as constant."""
+    """MPO dual g(eta) = eta*epsilon + eta * mean_s log mean_a' exp(Q(s,a')/eta); Q is treated as constant.
+
+    Q is centred per state first: a per-state shift changes g by a constant, not its gradient in eta,
+    and keeps the exponent (and the logged loss) small.
+    """
     k = q.shape[1]
-    return eta * epsilon + eta * (torch.logsumexp(q.detach() / eta, dim=1) - math.log(k)).mean()
+    q = q.detach()
+    q = q - q.max(dim=1, keepdim=True).values
+    return eta * epsilon + eta * (torch.logsumexp(q / eta, dim=1) - math.log(k)).mean()
 
 
 def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, temperature: Temperature,

@@ -15,7 +15,7 @@ from pac import __version__
 from pac.config import ConfigError
 
 # Command modules, in the order `pac --help` lists them. Imported lazily so `pac --help` stays fast.
-COMMANDS = ("core", "tasks", "data", "train", "evaluate", "collect", "pipeline")
+COMMANDS = ("demo", "core", "tasks", "data", "train", "evaluate", "collect", "pipeline")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +54,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pac: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -73,6 +73,12 @@ class PerceiverActorCritic(nn.Module):
         self.policy = PolicyDecoder(cfg)
         self.q = QDecoder(cfg)
         self.apply(_init_weights)
+        # Scalar inputs (state values, action vectors) keep PyTorch's fan-in init: at std 0.02 their signal
+        # would drown under the position embeddings and learning would start blind to them.
+        for mlp in (self.encoder.proprio.value, self.q.action_encoder):
+            for layer in mlp:
+                if isinstance(layer, nn.Linear):
+                    layer.reset_parameters()
         # Zero heads: the initial policy is uniform over bins and the initial value distribution is
         # uniform over atoms, so early targets and improvement weights are unbiased.
         for head in (self.policy.head, self.q.head):

@@ -30,7 +30,7 @@ class ProprioEncoder(nn.Module):
         self.position = nn.Embedding(cfg.max_proprio_dims, cfg.d_model)
 
     def forward(self, proprio: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, p = proprio.shape
+        p = proprio.shape[1]
         if p > self.max_dims:
             raise ValueError(f"observation has {p} proprio dimensions; the model takes at most "
                              f"model.max_proprio_dims={self.max_dims}")
