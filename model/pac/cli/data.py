@@ -1,0 +1,163 @@
+"""`pac data ...`: dataset commands (ingest, inspect; generate is added by `pac.data.generate`'s owner).
+
+Each subcommand is one function decorated with `@subcommand` that adds its parser to the `data`
+group; adding a command is appending one such function to this module.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from pac.cli.common import add_config_flags, resolve_config
+from pac.data.schema import QUALITIES
+
+if TYPE_CHECKING:
+    from pac.data.dataset import Dataset
+    from pac.data.manifest import Manifest
+
+AddSubcommand = Callable[[argparse._SubParsersAction], None]
+F = TypeVar("F", bound=AddSubcommand)
+
+SUBCOMMANDS: list[AddSubcommand] = []
+_SPARK = " ▁▂▃▄▅▆▇█"
+
+
+def subcommand(add: F) -> F:
+    """Register a function that adds one `pac data <name>` subparser (sets `func` via `set_defaults`)."""
+    SUBCOMMANDS.append(add)
+    return add
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="datasets: ingest, inspect, generate",
+                       description="Versioned, immutable episode datasets on local disk or S3 (see docs/data.md).")
+    data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(data_sub)
+
+
+@subcommand
+def add_ingest(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ingest", help="validate episodes and publish them as a new dataset version",
+        description="Read episodes from Minari datasets or .npz/HDF5 episode files, validate every one, write "
+                    "checksummed shards and publish the next version NAME/vNNNN (the manifest is written last: "
+                    "a failed ingest leaves no visible version). Prints the versioned dataset URI.")
+    p.add_argument("--source", action="append", required=True, metavar="SPEC",
+                   help="minari:DATASET_ID, minari:/path/to/dataset, an episode file (.npz/.h5/.hdf5) or a directory "
+                        "of them; repeat for several sources")
+    p.add_argument("--dataset", required=True, metavar="NAME",
+                   help="dataset name (under storage.root) or URI, e.g. control or s3://bucket/datasets/control")
+    p.add_argument("--task", default="", metavar="ID",
+                   help="task id for every episode (required for Minari; accepted even if not in `pac tasks`)")
+    p.add_argument("--instruction", default="", help="instruction text for every episode (default: from the file, "
+                                                     "else the registry's)")
+    p.add_argument("--quality", default="", choices=["", *QUALITIES], help="quality label for every episode")
+    p.add_argument("--append", action="store_true",
+                   help="the new version also contains all episodes of the latest one")
+    p.add_argument("--uri-file", metavar="PATH", help="also write the published URI to this file (pipeline output)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_flags(p, ["data", "storage"])
+    p.set_defaults(func=ingest_command)
+
+
+def ingest_command(args: argparse.Namespace) -> int:
+    from pac.data.ingest import ingest, registry_tasks
+    from pac.data.sources import Overrides, open_source
+
+    cfg = resolve_config(args)
+    over = Overrides(task=args.task, instruction=args.instruction, quality=args.quality)
+    opened = [open_source(spec, over) for spec in args.source]
+    allowed = registry_tasks() | ({args.task} if args.task else set())
+    ref = ingest(itertools.chain.from_iterable(it for it, _ in opened), args.dataset, storage=cfg.storage,
+                 data=cfg.data, allowed_tasks=allowed, sources=[rec for _, rec in opened], append=args.append,
+                 progress=not args.no_progress)
+    if args.uri_file:
+        Path(args.uri_file).write_text(str(ref))
+    print(ref)
+    return 0
+
+
+@subcommand
+def add_inspect(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "inspect", help="summarise a dataset: versions, counts, per-task returns, qualities",
+        description="Print a dataset's published versions and, for the selected one (NAME@vNNNN, default the "
+                    "latest), its counts, per-task return statistics with a histogram, quality labels and sources.")
+    p.add_argument("dataset", metavar="DATASET_URI", help="name, path or s3:// URI, optionally @vNNNN / @latest")
+    p.add_argument("--json", action="store_true", help="print the version's manifest (with derived statistics)")
+    p.add_argument("--verify", action="store_true",
+                   help="also check every shard's sha256 (downloads s3:// shards into data.cache_dir)")
+    add_config_flags(p, ["data", "storage"])
+    p.set_defaults(func=inspect_command)
+
+
+def inspect_command(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pac.data.dataset import default_cache_dir, list_versions, open_dataset
+
+    cfg = resolve_config(args)
+    ds = open_dataset(args.dataset, cfg.storage)
+    if args.json:
+        print(ds.manifest.to_json())
+    else:
+        others = {v: open_dataset(f"{ds.ref.uri}@{v}", cfg.storage).manifest if v != ds.ref.version else ds.manifest
+                  for v in list_versions(ds.ref.uri, cfg.storage)}
+        print(describe(ds, others))
+    if args.verify:
+        cache = default_cache_dir(cfg.data, cfg.storage)
+        for info in tqdm(ds.manifest.shards, desc="verify", unit="shard", file=sys.stderr):
+            ds.local_shard(info, cache)
+        print(f"verified {len(ds.manifest.shards)} shards of {ds.uri}: sha256 OK", file=sys.stderr)
+    return 0
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def sparkline(counts: list[float]) -> str:
+    """Histogram counts as block characters (empty bins blank, the largest bin a full block)."""
+    top = max(counts, default=0)
+    return "".join(_SPARK[0] if c == 0 else _SPARK[max(1, round(c / top * (len(_SPARK) - 1)))] for c in counts)
+
+
+def describe(ds: Dataset, versions: dict[int, Manifest]) -> str:
+    """A readable summary of a dataset version and the list of all versions (what `pac data inspect` prints)."""
+    from pac.data.dataset import version_dir
+
+    m = ds.manifest
+    lines = [f"dataset {ds.ref.uri}", "versions:"]
+    for v, other in sorted(versions.items()):
+        c = other.counts
+        note = f"  (appends {version_dir(other.parent)})" if other.parent else ""
+        mark = "*" if v == m.version else " "
+        lines.append(f" {mark} {version_dir(v)}  {other.created}  {c['episodes']:,} episodes  {c['transitions']:,} "
+                     f"transitions  {c['shards']} shards  {_bytes(c['bytes'])}{note}")
+    c = m.counts
+    lines += ["", ds.uri, f"  schema {m.schema_version}, created {m.created}",
+              f"  {c['episodes']:,} episodes, {c['transitions']:,} transitions, {c['tokens']:,} tokens, "
+              f"{c['shards']} shards ({_bytes(c['bytes'])})",
+              "  qualities: " + ", ".join(f"{q} {n:,}" for q, n in sorted(m.qualities.items()))]
+    lines += ["  source: " + " ".join(f"{k}={v}" for k, v in src.items()) for src in m.sources]
+    lines += ["", f"  {'task':<22} {'episodes':>8} {'transitions':>11} {'P':>3} {'A':>2}  {'return mean ± std':>19}  "
+                  f"{'min':>8} {'histogram':<10} {'max':<8}  qualities"]
+    for task, st in m.tasks.items():
+        ms = f"{st.return_mean:.2f} ± {st.return_std:.2f}"
+        quals = ", ".join(f"{q} {n}" for q, n in sorted(st.qualities.items()))
+        lines.append(f"  {task:<22} {st.episodes:>8,} {st.transitions:>11,} {st.proprio_dim:>3} {st.action_dim:>2}  "
+                     f"{ms:>19}  {st.return_min:>8.2f} {sparkline(st.return_histogram['counts']):<10} "
+                     f"{st.return_max:<8.2f}  {quals}")
+        images = f"  images {'x'.join(map(str, st.image_shape))}" if st.image_shape else ""
+        lines.append(f"  {'':<22} instruction: {st.instruction!r}{images}")
+    return "\n".join(lines)

@@ -1,0 +1,209 @@
+"""The dataset manifest: what a published dataset version holds, with the statistics training needs.
+
+A manifest lists its shards (path, sha256, size) with a per-shard summary (episode lengths and
+returns, quality labels, proprio mean/M2, action bounds). Everything else in it — counts, per-task
+return statistics and histograms, proprio normalisation statistics, quality counts — is derived from
+those summaries (`Manifest.tasks`), so appending a new version is just concatenating shard lists.
+The derived sections are written into the JSON for people and other tools; readers recompute them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from pac.data.schema import SCHEMA_VERSION, Episode
+
+MANIFEST_NAME = "manifest.json"
+HISTOGRAM_BINS = 10
+
+
+class ManifestError(ValueError):
+    """A manifest is missing, malformed, or of an unknown schema version; the message names it."""
+
+
+@dataclass
+class ShardInfo:
+    """One shard file and a summary of its episodes (all of one task)."""
+
+    path: str  # relative to the dataset root, e.g. "v0001/shards/000000-cartpole-balance-1a2b3c4d.npz"
+    sha256: str
+    bytes: int
+    task: str
+    episodes: int
+    transitions: int
+    proprio_dim: int
+    action_dim: int
+    image_shape: list[int] | None  # [H, W, 3] or None
+    instructions: list[str]  # distinct instructions, in order of appearance
+    episode_lengths: list[int]
+    episode_returns: list[float]
+    qualities: dict[str, int]
+    policies: dict[str, int]
+    proprio_mean: list[float]  # over all observations (T+1 per episode)
+    proprio_m2: list[float]  # sum of squared deviations from proprio_mean (Chan et al. parallel variance)
+    observations: int
+    action_low: list[float]  # elementwise min/max of the episodes' bounds
+    action_high: list[float]
+
+    @staticmethod
+    def summarize(episodes: Sequence[Episode], path: str, sha256: str, nbytes: int) -> ShardInfo:
+        """Summary of validated episodes of one task (as written into one shard)."""
+        first = episodes[0]
+        proprio = np.concatenate([ep.proprio for ep in episodes]).astype(np.float64)
+        mean = proprio.mean(axis=0)
+        instructions = list(dict.fromkeys(ep.instruction for ep in episodes))
+        return ShardInfo(
+            path=path, sha256=sha256, bytes=nbytes, task=first.task, episodes=len(episodes),
+            transitions=sum(ep.length for ep in episodes), proprio_dim=int(first.proprio.shape[1]),
+            action_dim=int(first.actions.shape[1]),
+            image_shape=list(first.images.shape[1:]) if first.images is not None else None,
+            instructions=instructions, episode_lengths=[ep.length for ep in episodes],
+            episode_returns=[float(np.float64(ep.rewards.astype(np.float64).sum())) for ep in episodes],
+            qualities=dict(Counter(ep.quality for ep in episodes)),
+            policies=dict(Counter(ep.policy for ep in episodes if ep.policy)),
+            proprio_mean=mean.tolist(), proprio_m2=((proprio - mean) ** 2).sum(axis=0).tolist(),
+            observations=int(proprio.shape[0]),
+            action_low=np.min([ep.action_low for ep in episodes], axis=0).astype(np.float64).tolist(),
+            action_high=np.max([ep.action_high for ep in episodes], axis=0).astype(np.float64).tolist())
+
+
+@dataclass
+class TaskStats:
+    """Per-task statistics derived from the shard summaries."""
+
+    episodes: int
+    transitions: int
+    tokens: int
+    instruction: str  # the first instruction seen (see `instructions` for all)
+    instructions: list[str]
+    proprio_dim: int
+    action_dim: int
+    image_shape: list[int] | None
+    action_low: list[float]
+    action_high: list[float]
+    return_mean: float
+    return_std: float
+    return_min: float
+    return_max: float
+    return_histogram: dict[str, list[float]]  # {"edges": [B+1], "counts": [B]}
+    proprio_mean: list[float]  # normalisation statistics over every observation of the task
+    proprio_std: list[float]
+    qualities: dict[str, int]
+    policies: dict[str, int]
+    shards: int
+
+
+def task_stats(shards: Sequence[ShardInfo]) -> dict[str, TaskStats]:
+    """Aggregate shard summaries per task (sorted by task id)."""
+    by_task: dict[str, list[ShardInfo]] = {}
+    for s in shards:
+        by_task.setdefault(s.task, []).append(s)
+    out = {}
+    for task in sorted(by_task):
+        group = by_task[task]
+        returns = np.array([r for s in group for r in s.episode_returns], dtype=np.float64)
+        counts, edges = np.histogram(returns, bins=HISTOGRAM_BINS)
+        # Chan et al.: combine per-shard (count, mean, M2) into the task's mean and variance.
+        n, mean, m2 = 0, np.zeros(group[0].proprio_dim), np.zeros(group[0].proprio_dim)
+        for s in group:
+            nb, mb, m2b = s.observations, np.asarray(s.proprio_mean), np.asarray(s.proprio_m2)
+            delta = mb - mean
+            total = n + nb
+            mean = mean + delta * nb / total
+            m2 = m2 + m2b + delta**2 * n * nb / total
+            n = total
+        transitions = sum(s.transitions for s in group)
+        instructions = list(dict.fromkeys(i for s in group for i in s.instructions))
+        out[task] = TaskStats(
+            episodes=sum(s.episodes for s in group), transitions=transitions,
+            tokens=transitions * (group[0].proprio_dim + group[0].action_dim), instruction=instructions[0],
+            instructions=instructions, proprio_dim=group[0].proprio_dim, action_dim=group[0].action_dim,
+            image_shape=group[0].image_shape,
+            action_low=np.min([s.action_low for s in group], axis=0).tolist(),
+            action_high=np.max([s.action_high for s in group], axis=0).tolist(),
+            return_mean=float(returns.mean()), return_std=float(returns.std()), return_min=float(returns.min()),
+            return_max=float(returns.max()),
+            return_histogram={"edges": edges.tolist(), "counts": counts.astype(float).tolist()},
+            proprio_mean=mean.tolist(), proprio_std=np.sqrt(m2 / max(n, 1)).tolist(),
+            qualities=dict(sum((Counter(s.qualities) for s in group), Counter())),
+            policies=dict(sum((Counter(s.policies) for s in group), Counter())), shards=len(group))
+    return out
+
+
+@dataclass
+class Manifest:
+    """A published dataset version. `tasks`, `counts` and `qualities` are derived from `shards`."""
+
+    name: str
+    version: int
+    shards: list[ShardInfo]
+    sources: list[dict[str, Any]] = field(default_factory=list)  # provenance of each ingested source
+    created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    parent: int | None = None  # the version this one appended to (its shards are included)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        self.tasks: dict[str, TaskStats] = task_stats(self.shards) if self.shards else {}
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"episodes": sum(t.episodes for t in self.tasks.values()),
+                "transitions": sum(t.transitions for t in self.tasks.values()),
+                "tokens": sum(t.tokens for t in self.tasks.values()), "shards": len(self.shards),
+                "bytes": sum(s.bytes for s in self.shards)}
+
+    @property
+    def qualities(self) -> dict[str, int]:
+        return dict(sum((Counter(t.qualities) for t in self.tasks.values()), Counter()))
+
+    def to_json(self) -> str:
+        doc = {"schema_version": self.schema_version, "name": self.name, "version": self.version,
+               "created": self.created, "parent": self.parent, "counts": self.counts, "qualities": self.qualities,
+               "tasks": {k: dataclasses.asdict(v) for k, v in self.tasks.items()}, "sources": self.sources,
+               "shards": [dataclasses.asdict(s) for s in self.shards]}
+        return json.dumps(doc, indent=1)
+
+    @staticmethod
+    def from_json(text: str | bytes, where: str) -> Manifest:
+        """Parse a manifest; `where` (its URI) names it in errors.
+
+        Raises:
+            ManifestError: not JSON, an unknown schema version, or missing/unknown fields.
+        """
+        try:
+            doc = json.loads(text)
+        except ValueError as e:
+            raise ManifestError(f"manifest {where} is not valid JSON: {e}") from e
+        if not isinstance(doc, dict):
+            raise ManifestError(f"manifest {where} must be a JSON object")
+        version = doc.get("schema_version")
+        if version != SCHEMA_VERSION:
+            hint = "upgrade pac to read it" if isinstance(version, int) and version > SCHEMA_VERSION else \
+                "re-ingest the data with this pac"
+            raise ManifestError(f"manifest {where} has schema version {version!r}; this pac reads version "
+                                f"{SCHEMA_VERSION}: {hint}")
+        names = {f.name for f in dataclasses.fields(ShardInfo)}
+        try:
+            shards = []
+            for i, s in enumerate(doc["shards"]):
+                unknown, missing = set(s) - names, names - set(s)
+                if unknown or missing:
+                    raise ManifestError(f"manifest {where}: shard entry {i} has unknown field(s) {sorted(unknown)} "
+                                        f"/ lacks field(s) {sorted(missing)}")
+                shards.append(ShardInfo(**s))
+            return Manifest(name=doc["name"], version=int(doc["version"]), shards=shards,
+                            sources=list(doc.get("sources", [])), created=doc["created"], parent=doc.get("parent"))
+        except KeyError as e:
+            raise ManifestError(f"manifest {where} lacks field {e}") from None
+        except (TypeError, ValueError) as e:
+            if isinstance(e, ManifestError):
+                raise
+            raise ManifestError(f"manifest {where} is malformed: {e}") from e
