@@ -207,8 +207,12 @@ class EvalConfig:
     greedy: bool = True  # argmax bins; False samples with `temperature`
     temperature: float = 1.0
     q_select_samples: int = 0  # >0: score this many sampled actions with the Q decoder, take the best
+    epsilon: float = 0.0  # per-step probability of a uniform random action (exploration when collecting)
+    vision: Literal["auto", "always", "never"] = "auto"  # camera input; auto: where the training data had images
     videos_per_task: int = 1
     video: bool = True
+    video_size: int = 240  # side of video frames in pixels (a multiple of 16, the H.264 macroblock)
+    render_errors: Literal["fail", "skip"] = "fail"  # no OpenGL for videos: fail with a hint, or skip videos
     seed: int = 1000
 
     def __post_init__(self) -> None:
@@ -216,7 +220,14 @@ class EvalConfig:
             _check(getattr(self, name) >= 1, f"eval.{name}", f"must be >= 1, got {getattr(self, name)}")
         _check(self.temperature > 0, "eval.temperature", f"must be > 0, got {self.temperature}")
         _check(self.q_select_samples >= 0, "eval.q_select_samples", f"must be >= 0, got {self.q_select_samples}")
+        _check(0.0 <= self.epsilon <= 1.0, "eval.epsilon", f"must be in [0, 1], got {self.epsilon}")
+        _check(self.vision in ("auto", "always", "never"), "eval.vision",
+               f"must be 'auto', 'always' or 'never', got {self.vision!r}")
         _check(self.videos_per_task >= 0, "eval.videos_per_task", f"must be >= 0, got {self.videos_per_task}")
+        _check(self.video_size >= 16 and self.video_size % 16 == 0, "eval.video_size",
+               f"must be a positive multiple of 16, got {self.video_size}")
+        _check(self.render_errors in ("fail", "skip"), "eval.render_errors",
+               f"must be 'fail' or 'skip', got {self.render_errors!r}")
 
 
 @dataclass
