@@ -76,8 +76,8 @@ def test_round_trip_and_manifest_statistics(mixed_episodes: list[Episode], stora
 
 def test_versions_are_immutable_and_addressable(mixed_episodes: list[Episode], storage: StorageConfig) -> None:
     first = ingest(mixed_episodes[:4], "ds", storage=storage, progress=False)
-    second = ingest(mixed_episodes[4:], "ds", storage=storage, progress=False)
-    third = ingest(mixed_episodes[:2], "ds", storage=storage, progress=False, append=True)
+    second = ingest(mixed_episodes[4:], "ds", storage=storage, progress=False, sources=[{"kind": "a"}])
+    third = ingest(mixed_episodes[:2], "ds", storage=storage, progress=False, append=True, sources=[{"kind": "b"}])
     assert [first.version, second.version, third.version] == [1, 2, 3]
     assert list_versions("ds", storage) == [1, 2, 3]
     assert open_dataset("ds", storage).ref.version == 3
@@ -87,6 +87,7 @@ def test_versions_are_immutable_and_addressable(mixed_episodes: list[Episode], s
     assert open_dataset(f"{first.uri}/v0002", storage).ref.version == 2
     appended = open_dataset("ds@3", storage).manifest
     assert appended.parent == 2 and appended.counts["episodes"] == 12
+    assert appended.sources == [{"kind": "a"}, {"kind": "b"}]
     assert {s.path.split("/")[0] for s in appended.shards} == {"v0002", "v0003"}
     with pytest.raises(DatasetError, match="no version 7; published: v0001, v0002, v0003"):
         open_dataset("ds@7", storage)

@@ -126,7 +126,8 @@ def ingest(episodes: Iterable[Episode], dataset: str, *, storage: StorageConfig,
         data: supplies `shard_mb` (target shard size).
         allowed_tasks: task ids accepted; default: the simulator registry (`pac.envs.registry`). Callers
             add a task id the user named explicitly (e.g. for a Minari dataset).
-        sources: provenance records stored in the manifest (kind, uri, options); one per source.
+        sources: provenance records stored in the manifest (kind, uri, options); one per source. An
+            appended version lists its parent's sources first.
         append: the new version also contains every shard of the latest version (immutable: nothing is
             copied or changed; the new manifest names the old shards).
         progress: show a tqdm progress bar.
@@ -170,7 +171,9 @@ def ingest(episodes: Iterable[Episode], dataset: str, *, storage: StorageConfig,
                 raise DatasetError(f"no episodes to ingest into {location}")
             writer.flush_all()
             shards = (base.shards if base else []) + writer.written
-            manifest = Manifest(name=name, version=version, shards=shards, sources=[dict(s) for s in sources],
+            # An appended version holds its parent's data, so it carries the parent's provenance too.
+            manifest = Manifest(name=name, version=version, shards=shards,
+                                sources=(base.sources if base else []) + [dict(s) for s in sources],
                                 parent=base.version if base else None)
             # Published last, never overwriting: this single object is what makes the version exist.
             store.put_bytes(f"{version_dir(version)}/{MANIFEST_NAME}", manifest.to_json().encode(), overwrite=False)
