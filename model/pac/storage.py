@@ -31,10 +31,13 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 from pac.config import StorageConfig
+
+if TYPE_CHECKING:
+    from minio import Minio
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +314,7 @@ class S3Store(Store):
     """An S3 bucket/prefix through the MinIO SDK (works with MinIO, SeaweedFS, AWS S3, GCS interop)."""
 
     def __init__(self, bucket: str, prefix: str, cfg: StorageConfig, *, backoff_s: float = 0.5,
-                 _client: object | None = None) -> None:
+                 _client: Minio | None = None) -> None:
         """Connect lazily; nothing is sent until the first operation (use `check()` to fail fast).
 
         Args:
@@ -561,7 +564,7 @@ def _endpoint(cfg: StorageConfig) -> tuple[str, bool]:
     return parts.netloc, secure
 
 
-def _make_client(endpoint: str, secure: bool, cfg: StorageConfig) -> object:
+def _make_client(endpoint: str, secure: bool, cfg: StorageConfig) -> Minio:
     import certifi
     import urllib3
     from minio import Minio

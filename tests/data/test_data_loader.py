@@ -222,3 +222,6 @@ def test_build_loader_from_config(mixed_episodes: list[Episode], tmp_path: Path)
     loader = build_loader(cfg, rank=0, world_size=1)
     batch = next(loader)
     assert batch.batch_size == 16 and loader.n_step == 2 and loader.dataset.uri.endswith("cfgds@v0001")
+    cfg.model.max_action_dims = 1  # point_mass/easy has 2 action dims
+    with pytest.raises(DatasetError, match=r"does not fit the model: actions have 2 dims > model\.max_action_dims=1"):
+        build_loader(cfg)

@@ -344,8 +344,21 @@ def build_loader(cfg: Config, *, rank: int = 0, world_size: int = 1, batch_size:
     `model.max_text_tokens`, `cfg.seed`."""
     if not cfg.data.dataset:
         raise DatasetError("data.dataset is empty: name the dataset to train on (e.g. --data.dataset control@latest)")
-    return TransitionLoader(cfg.data.dataset, storage=cfg.storage, data=cfg.data,
-                            batch_size=batch_size or cfg.train.micro_batch_size, n_step=cfg.objective.n_step,
-                            discount=cfg.objective.discount, max_text_tokens=cfg.model.max_text_tokens,
-                            seed=cfg.seed, rank=rank, world_size=world_size)
+    loader = TransitionLoader(cfg.data.dataset, storage=cfg.storage, data=cfg.data,
+                              batch_size=batch_size or cfg.train.micro_batch_size, n_step=cfg.objective.n_step,
+                              discount=cfg.objective.discount, max_text_tokens=cfg.model.max_text_tokens,
+                              seed=cfg.seed, rank=rank, world_size=world_size)
+    # Fail before the first step, not inside the network, when the data does not fit the model.
+    m = cfg.model
+    problems = []
+    if loader.proprio_width > m.max_proprio_dims:
+        problems.append(f"proprio has {loader.proprio_width} dims > model.max_proprio_dims={m.max_proprio_dims}")
+    if loader.action_width > m.max_action_dims:
+        problems.append(f"actions have {loader.action_width} dims > model.max_action_dims={m.max_action_dims}")
+    if loader.image_shape is not None and loader.image_shape != (m.image_size, m.image_size, m.image_channels):
+        problems.append(f"images are {loader.image_shape}, the model takes "
+                        f"{(m.image_size, m.image_size, m.image_channels)} (model.image_size/image_channels)")
+    if problems:
+        raise DatasetError(f"dataset {loader.dataset.uri} does not fit the model: {'; '.join(problems)}")
+    return loader
 
