@@ -161,3 +161,42 @@ def describe(ds: Dataset, versions: dict[int, Manifest]) -> str:
         images = f"  images {'x'.join(map(str, st.image_shape))}" if st.image_shape else ""
         lines.append(f"  {'':<22} instruction: {st.instruction!r}{images}")
     return "\n".join(lines)
+
+
+@subcommand
+def add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "generate", help="simulate behaviour policies on the task suite and publish the episodes as a dataset version",
+        description="Run the random, noisy and expert behaviour policies (generate.qualities) on the simulated tasks "
+                    "(generate.tasks, see `pac tasks`) for generate.episodes_per_policy episodes each, stream the "
+                    "episodes into the next version of --dataset, and print a per-task return table with histograms. "
+                    "Seeds are derived from generate.seed, task, quality and episode index (deterministic).")
+    p.add_argument("--dataset", required=True, metavar="NAME",
+                   help="dataset name (under storage.root) or URI, e.g. control or s3://bucket/datasets/control")
+    p.add_argument("--append", action="store_true",
+                   help="the new version also contains all episodes of the latest one")
+    p.add_argument("--uri-file", metavar="PATH", help="also write the published URI to this file (pipeline output)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_flags(p, ["generate", "data", "storage"])
+    p.set_defaults(func=generate_command)
+
+
+def generate_command(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from pac.data.generate import GENERATOR_VERSION, ReturnStats, check_config, generate_episodes
+    from pac.data.ingest import ingest
+
+    cfg = resolve_config(args)
+    gen = cfg.generate
+    check_config(gen)  # unknown tasks fail here, before the store is touched
+    stats = ReturnStats(gen.episode_steps)
+    source = {"kind": "generate", "generator_version": GENERATOR_VERSION,
+              **{k: ",".join(v) if isinstance(v, list) else str(v) for k, v in asdict(gen).items()}}
+    ref = ingest(generate_episodes(gen, stats=stats, progress=not args.no_progress), args.dataset,
+                 storage=cfg.storage, data=cfg.data, sources=[source], append=args.append, progress=False)
+    print(stats.table(), file=sys.stderr)
+    if args.uri_file:
+        Path(args.uri_file).write_text(str(ref))
+    print(ref)
+    return 0

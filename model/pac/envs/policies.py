@@ -1,0 +1,97 @@
+"""Behaviour policies that generate the offline data, one per quality label.
+
+- `random`: uniform over the action bounds (the worst data, wide coverage).
+- `noisy`: the expert, but each step with probability `1 - expert_prob` a uniform random action
+  replaces its action, and Gaussian noise perturbs the rest (sub-optimal, still task-directed).
+- `expert`: the task's expert controller (`pac.envs.experts`), which reads privileged physics state.
+
+A policy acts on the `Env` itself, not only on the observation, because experts need that state.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+from pac.envs.env import Env, Obs
+
+QUALITY_LEVELS = ("random", "noisy", "expert")  # the behaviour qualities this module can produce
+
+
+class Policy(abc.ABC):
+    """A behaviour policy. `reset` before each episode, then `act` once per step."""
+
+    name: str = "policy"
+
+    def reset(self, env: Env, seed: int) -> None:
+        """Prepare for an episode in `env` (already reset); `seed` drives any randomness of the policy."""
+        self.rng = np.random.default_rng(seed)
+
+    @abc.abstractmethod
+    def act(self, env: Env, obs: Obs) -> np.ndarray:
+        """The raw action (within `env.action_low/high`) for the current state of `env`."""
+
+
+class RandomPolicy(Policy):
+    """Uniform random actions within the bounds."""
+
+    name = "random"
+
+    def act(self, env: Env, obs: Obs) -> np.ndarray:
+        return self.rng.uniform(env.action_low, env.action_high).astype(np.float32)
+
+
+class NoisyPolicy(Policy):
+    """An expert degraded by random action substitution and Gaussian noise.
+
+    Args:
+        expert: the expert to degrade; it is queried every step (also when its action is replaced)
+            so that stateful experts (the planner's warm start) keep tracking the episode.
+        expert_prob: probability that a step uses the (noised) expert action rather than a uniform one.
+        noise_std: Gaussian noise standard deviation as a fraction of half the action range.
+    """
+
+    def __init__(self, expert: Policy, expert_prob: float, noise_std: float) -> None:
+        if not 0.0 <= expert_prob <= 1.0:
+            raise ValueError(f"expert_prob must be in [0, 1], got {expert_prob}")
+        if noise_std < 0.0:
+            raise ValueError(f"noise_std must be >= 0, got {noise_std}")
+        self.expert, self.expert_prob, self.noise_std = expert, expert_prob, noise_std
+        self.name = f"noisy_{expert.name}"
+
+    def reset(self, env: Env, seed: int) -> None:
+        super().reset(env, seed)
+        # A separate stream for the expert, so its behaviour does not depend on how often noise is drawn.
+        self.expert.reset(env, int(self.rng.integers(2**31)))
+
+    def act(self, env: Env, obs: Obs) -> np.ndarray:
+        action = self.expert.act(env, obs)
+        if self.rng.random() >= self.expert_prob:
+            return self.rng.uniform(env.action_low, env.action_high).astype(np.float32)
+        half_range = (env.action_high - env.action_low) / 2
+        action = action + self.rng.normal(size=action.shape) * self.noise_std * half_range
+        return env.clip(action)
+
+
+def make_policy(env: Env, quality: str, *, expert_prob: float, noise_std: float) -> Policy:
+    """The behaviour policy of one quality level for `env`'s task.
+
+    Args:
+        env: the environment the policy will act in (its task selects the expert).
+        quality: one of `QUALITY_LEVELS`.
+        expert_prob: the noisy policy's probability of acting with the expert (`GenerateConfig`).
+        noise_std: the noisy policy's Gaussian noise, a fraction of half the action range (`GenerateConfig`).
+
+    Raises:
+        ValueError: unknown quality.
+    """
+    from pac.envs.experts import make_expert
+
+    if quality == "random":
+        return RandomPolicy()
+    if quality == "expert":
+        return make_expert(env.spec)
+    if quality == "noisy":
+        return NoisyPolicy(make_expert(env.spec), expert_prob, noise_std)
+    raise ValueError(f"unknown behaviour quality {quality!r}; choose from {', '.join(QUALITY_LEVELS)}")
