@@ -77,12 +77,13 @@ class Observation:
         obs = Observation(torch.from_numpy(p), torch.from_numpy(pm), torch.from_numpy(ids), torch.from_numpy(tm))
         if images is not None and any(im is not None for im in images):
             shape = next(im.shape for im in images if im is not None)
-            stack = np.zeros((len(images), *shape), dtype=np.uint8)
+            h, w, c = shape
+            stack = np.zeros((len(images), c, h, w), dtype=np.uint8)  # CHW, transposed in numpy (fast)
             present = np.zeros(len(images), dtype=bool)
             for i, im in enumerate(images):
                 if im is not None:
-                    stack[i], present[i] = im, True
-            obs.image = torch.from_numpy(stack).permute(0, 3, 1, 2).contiguous()
+                    stack[i], present[i] = im.transpose(2, 0, 1), True
+            obs.image = torch.from_numpy(stack)
             obs.image_mask = torch.from_numpy(present)
         return obs
 

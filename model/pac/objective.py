@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pac.config import ObjectiveConfig
+from pac.config import ModelConfig, ObjectiveConfig
 from pac.inputs import Transition
 from pac.networks import PerceiverActorCritic, action_to_bins, entropy, expected_value, log_prob, sample_actions
 from pac.networks import value_support as make_support
@@ -36,10 +36,29 @@ class Temperature(nn.Module):
         init = cfg.eta - cfg.eta_min
         # softplus^-1(init), stable for large init
         raw = init + math.log(-math.expm1(-init)) if init > 0 else -20.0
-        self.raw = nn.Parameter(torch.tensor(raw, dtype=torch.float32), requires_grad=cfg.learn_eta)
+        # Shape (1,), not a scalar: DeepSpeed's broadcast views parameters as bytes, which 0-d tensors refuse.
+        self.raw = nn.Parameter(torch.tensor([raw], dtype=torch.float32), requires_grad=cfg.learn_eta)
 
     def forward(self) -> torch.Tensor:
-        return F.softplus(self.raw.float()) + self.eta_min
+        return (F.softplus(self.raw.float()) + self.eta_min).squeeze(0)
+
+
+class PACLearner(nn.Module):
+    """The trainable parameters of the objective: the network theta and the temperature eta.
+
+    Its `forward` is the loss, so a training engine calls one root module per micro-batch (ZeRO-3
+    gathers parameters through module hooks; the loss must run inside the root module's forward).
+    """
+
+    def __init__(self, model_cfg: ModelConfig, cfg: ObjectiveConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.net = PerceiverActorCritic(model_cfg)
+        self.temperature = Temperature(cfg)
+
+    def forward(self, batch: Transition, target: PerceiverActorCritic | None,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return pac_loss(self.net, target, self.temperature, batch, self.cfg, generator)
 
 
 def categorical_projection(reward: torch.Tensor, discount: torch.Tensor, next_probs: torch.Tensor,

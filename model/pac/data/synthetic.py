@@ -33,3 +33,29 @@ def synthetic_transitions(cfg: ModelConfig, batch_size: int, *, proprio_dims: tu
     reward = torch.from_numpy(rng.uniform(0, 3, batch_size).astype(np.float32))
     disc = torch.full((batch_size,), discount**3, dtype=torch.float32)  # a 3-step window
     return Transition(obs(), action * mask, mask, reward, disc, obs())
+
+
+class SyntheticSource:
+    """A `BatchSource` of synthetic batches: batch i is `synthetic_transitions(seed=seed + i)`.
+
+    For throughput benchmarks (no I/O in the timing) and engine tests; `rank`/`world_size` pick this
+    rank's share of the global stream: this rank's batch i is global micro-batch i * world_size + rank,
+    so runs that split the same global batch differently (ranks x accumulation) see the same samples.
+    """
+
+    def __init__(self, cfg: ModelConfig, batch_size: int, *, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 vision: bool = False) -> None:
+        self.cfg, self.batch_size, self.seed = cfg, batch_size, seed
+        self.rank, self.world_size, self.vision = rank, world_size, vision
+
+    def batch(self, step: int) -> Transition:
+        return synthetic_transitions(self.cfg, self.batch_size, seed=self.seed + step * self.world_size + self.rank,
+                                     vision=self.vision)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state.get("seed") != self.seed:
+            raise ValueError(f"synthetic source seed {state.get('seed')} != {self.seed}")
+

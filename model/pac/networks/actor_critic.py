@@ -12,6 +12,7 @@ from pac.inputs import Observation
 from pac.networks.attention import CrossAttentionBlock, SelfAttentionBlock
 from pac.networks.decoders import PolicyDecoder, QDecoder
 from pac.networks.encoders import LanguageEncoder, ProprioEncoder, VisionEncoder
+from pac.networks.layers import Embedding
 
 
 class PerceiverEncoder(nn.Module):
@@ -28,8 +29,9 @@ class PerceiverEncoder(nn.Module):
         self.language = LanguageEncoder(cfg)
         # Per-modality type embedding, plus one always-valid token so a sample with every modality
         # absent still has a defined attention distribution.
-        self.modality = nn.Embedding(4, cfg.d_model)
-        self.latents = nn.Embedding(cfg.num_latents, cfg.d_model)  # z_0
+        self.modality = Embedding(4, cfg.d_model)
+        self.num_latents = cfg.num_latents
+        self.latents = Embedding(cfg.num_latents, cfg.d_model)  # z_0
         self.read = CrossAttentionBlock(cfg.d_model, cfg.num_heads, cfg.mlp_ratio)
         self.blocks = nn.ModuleList(SelfAttentionBlock(cfg.d_model, cfg.num_heads, cfg.mlp_ratio)
                                     for _ in range(cfg.num_blocks))
@@ -42,11 +44,13 @@ class PerceiverEncoder(nn.Module):
             present = obs.image_mask if obs.image_mask is not None else torch.ones(
                 b, dtype=torch.bool, device=obs.image.device)
             parts.append(self.vision(obs.image, present))
-        tokens = [t + self.modality.weight[i] for i, (t, _) in enumerate(parts)]
-        tokens.append(self.modality.weight[3].expand(b, 1, -1))  # the always-valid token
-        masks = [m for _, m in parts] + [torch.ones(b, 1, dtype=torch.bool, device=obs.proprio.device)]
+        device = obs.proprio.device
+        types = self.modality(torch.arange(4, device=device))  # (4, D)
+        tokens = [t + types[i] for i, (t, _) in enumerate(parts)]
+        tokens.append(types[3].expand(b, 1, -1))  # the always-valid token
+        masks = [m for _, m in parts] + [torch.ones(b, 1, dtype=torch.bool, device=device)]
         e = torch.cat(tokens, dim=1)  # (B, L, D)
-        z = self.latents.weight.expand(b, -1, -1)  # (B, N, D)
+        z = self.latents(torch.arange(self.num_latents, device=device)).expand(b, -1, -1)  # (B, N, D)
         z = self.read(z, e, torch.cat(masks, dim=1))
         for block in self.blocks:
             z = block(z)
@@ -72,18 +76,6 @@ class PerceiverActorCritic(nn.Module):
         self.encoder = PerceiverEncoder(cfg)
         self.policy = PolicyDecoder(cfg)
         self.q = QDecoder(cfg)
-        self.apply(_init_weights)
-        # Scalar inputs (state values, action vectors) keep PyTorch's fan-in init: at std 0.02 their signal
-        # would drown under the position embeddings and learning would start blind to them.
-        for mlp in (self.encoder.proprio.value, self.q.action_encoder):
-            for layer in mlp:
-                if isinstance(layer, nn.Linear):
-                    layer.reset_parameters()
-        # Zero heads: the initial policy is uniform over bins and the initial value distribution is
-        # uniform over atoms, so early targets and improvement weights are unbiased.
-        for head in (self.policy.head, self.q.head):
-            nn.init.zeros_(head.weight)
-            nn.init.zeros_(head.bias)
 
     def encode(self, obs: Observation) -> torch.Tensor:
         return self.encoder(obs)  # (B, N, D)
@@ -105,15 +97,6 @@ class PerceiverActorCritic(nn.Module):
                 actions.shape[0], actions.shape[-1], dtype=torch.bool, device=actions.device)
             q = self.q_logits(z, actions, mask)
         return ActorCriticOutput(z, self.policy_logits(z, num_action_dims), q)
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, (nn.Linear, nn.Conv2d)):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.Embedding):
-        nn.init.trunc_normal_(m.weight, std=0.02)
 
 
 def _check_finite(obs: Observation) -> None:

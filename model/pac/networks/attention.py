@@ -6,12 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pac.networks.layers import Linear
+
 
 class MLP(nn.Module):
     def __init__(self, dim: int, ratio: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, dim * ratio)
-        self.fc2 = nn.Linear(dim * ratio, dim)
+        self.fc1 = Linear(dim, dim * ratio)
+        self.fc2 = Linear(dim * ratio, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(F.gelu(self.fc1(x)))
@@ -23,9 +25,9 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
-        self.out = nn.Linear(dim, dim)
+        self.q = Linear(dim, dim)
+        self.kv = Linear(dim, 2 * dim)
+        self.out = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, lq, d = x.shape

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pac.config import ModelConfig
+from pac.networks.layers import Embedding, Linear, PatchConv
 
 
 def symlog(x: torch.Tensor) -> torch.Tensor:
@@ -26,17 +27,18 @@ class ProprioEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.max_dims = cfg.max_proprio_dims
-        self.value = nn.Sequential(nn.Linear(1, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, cfg.d_model))
-        self.position = nn.Embedding(cfg.max_proprio_dims, cfg.d_model)
+        self.value = nn.Sequential(Linear(1, cfg.d_model, init="fan_in"), nn.GELU(),
+                                   Linear(cfg.d_model, cfg.d_model, init="fan_in"))
+        self.position = Embedding(cfg.max_proprio_dims, cfg.d_model)
 
     def forward(self, proprio: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         p = proprio.shape[1]
         if p > self.max_dims:
             raise ValueError(f"observation has {p} proprio dimensions; the model takes at most "
                              f"model.max_proprio_dims={self.max_dims}")
-        dtype = self.position.weight.dtype
+        dtype = self.value[0].weight.dtype
         x = symlog(proprio).to(dtype).unsqueeze(-1)  # (B, P, 1)
-        tokens = self.value(x) + self.position.weight[:p]  # (B, P, D)
+        tokens = self.value(x) + self.position(_arange(p, proprio.device))  # (B, P, D)
         return tokens, mask
 
 
@@ -48,15 +50,16 @@ class VisionEncoder(nn.Module):
         self.size = cfg.image_size
         self.channels = cfg.image_channels
         n = (cfg.image_size // cfg.patch_size) ** 2
-        self.patch = nn.Conv2d(cfg.image_channels, cfg.d_model, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        self.position = nn.Embedding(n, cfg.d_model)
+        self.patch = PatchConv(cfg.image_channels, cfg.d_model, cfg.patch_size)
+        self.position = Embedding(n, cfg.d_model)
 
     def forward(self, image: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if image.shape[1:] != (self.channels, self.size, self.size):
             raise ValueError(f"image batch has shape {tuple(image.shape[1:])}; the model expects "
                              f"({self.channels}, {self.size}, {self.size}) (model.image_size)")
         x = image.to(self.patch.weight.dtype) / 255.0 - 0.5  # (B, C, H, W)
-        tokens = self.patch(x).flatten(2).transpose(1, 2) + self.position.weight  # (B, N, D)
+        tokens = self.patch(x).flatten(2).transpose(1, 2)  # (B, N, D)
+        tokens = tokens + self.position(_arange(tokens.shape[1], image.device))
         mask = present[:, None].expand(-1, tokens.shape[1])  # (B, N)
         return tokens, mask
 
@@ -69,10 +72,16 @@ class LanguageEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.max_tokens = cfg.max_text_tokens
-        self.token = nn.Embedding(self.VOCAB, cfg.d_model)
-        self.position = nn.Embedding(cfg.max_text_tokens, cfg.d_model)
+        self.token = Embedding(self.VOCAB, cfg.d_model)
+        self.position = Embedding(cfg.max_text_tokens, cfg.d_model)
 
     def forward(self, text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = min(text.shape[1], self.max_tokens)
         text, mask = text[:, :n], mask[:, :n]
-        return self.token(text) + self.position.weight[:n], mask  # (B, L, D)
+        return self.token(text) + self.position(_arange(n, text.device)), mask  # (B, L, D)
+
+
+def _arange(n: int, device: torch.device) -> torch.Tensor:
+    # Embeddings are called as modules (never `.weight[...]`): sharded engines gather a module's
+    # parameters in its forward hook, which direct attribute access would bypass.
+    return torch.arange(n, device=device)

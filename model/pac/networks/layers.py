@@ -1,0 +1,40 @@
+"""Layers that initialise themselves in their own constructor.
+
+Initialising inside each layer (not by a pass over the finished model) keeps construction valid under
+sharded construction, where a layer's parameters are partitioned as soon as its `__init__` returns.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import nn
+
+STD = 0.02
+
+
+class Linear(nn.Linear):
+    """`init`: "normal" (truncated normal, std 0.02), "zeros" (output heads: uniform initial distributions)
+    or "fan_in" (PyTorch's default; for layers fed raw scalars, whose signal std 0.02 would drown)."""
+
+    def __init__(self, d_in: int, d_out: int, init: Literal["normal", "zeros", "fan_in"] = "normal") -> None:
+        super().__init__(d_in, d_out)
+        if init == "normal":
+            nn.init.trunc_normal_(self.weight, std=STD)
+            nn.init.zeros_(self.bias)
+        elif init == "zeros":
+            nn.init.zeros_(self.weight)
+            nn.init.zeros_(self.bias)
+
+
+class Embedding(nn.Embedding):
+    def __init__(self, num: int, dim: int) -> None:
+        super().__init__(num, dim)
+        nn.init.trunc_normal_(self.weight, std=STD)
+
+
+class PatchConv(nn.Conv2d):
+    def __init__(self, channels: int, dim: int, patch: int) -> None:
+        super().__init__(channels, dim, kernel_size=patch, stride=patch)
+        nn.init.trunc_normal_(self.weight, std=STD)
+        nn.init.zeros_(self.bias)

@@ -1,0 +1,77 @@
+"""Consolidated weights as safetensors plus the resolved config: the hand-off format to evaluation,
+collection, finetuning and the MLflow model. Loading never unpickles anything.
+
+Layout of an export directory:
+    model.safetensors   the network's state dict (fp32)
+    config.json         the resolved `Config` the network was trained with
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from pac.config import Config, ConfigError
+from pac.networks import PerceiverActorCritic, build_model
+
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+class ExportError(ValueError):
+    """An export directory is missing, corrupt or does not fit the expected model."""
+
+
+def save_export(state_dict: dict[str, torch.Tensor], cfg: Config, directory: str | Path) -> Path:
+    """Write weights (as fp32, contiguous) and config; the config is written last so a reader that
+    finds it also finds complete weights."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in state_dict.items()}
+    tmp = directory / (WEIGHTS + ".tmp")
+    save_file(tensors, str(tmp), metadata={"preset": cfg.preset})
+    tmp.replace(directory / WEIGHTS)
+    (directory / (CONFIG + ".tmp")).write_text(json.dumps(cfg.to_dict(), indent=2))
+    (directory / (CONFIG + ".tmp")).replace(directory / CONFIG)
+    return directory
+
+
+def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tuple[PerceiverActorCritic, Config]:
+    """Rebuild the network from an export directory; errors name the file and the mismatch."""
+    directory = Path(directory)
+    cfg_path, w_path = directory / CONFIG, directory / WEIGHTS
+    for p in (cfg_path, w_path):
+        if not p.is_file():
+            raise ExportError(f"{p} does not exist: not a PAC export directory (expected {CONFIG} + {WEIGHTS})")
+    try:
+        cfg = Config.from_dict(json.loads(cfg_path.read_text()))
+    except (json.JSONDecodeError, ConfigError) as e:
+        raise ExportError(f"{cfg_path} is not a valid PAC config: {e}") from e
+    try:
+        state = load_file(str(w_path), device=str(device))
+    except (SafetensorError, OSError) as e:
+        raise ExportError(f"{w_path} is corrupt or truncated: {e}") from e
+    net = build_model(cfg.model, device)
+    load_state_dict_checked(net, state, str(w_path), cfg.preset)
+    return net, cfg
+
+
+def load_state_dict_checked(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str, preset: str) -> None:
+    """`load_state_dict` with an error that names the source and the first mismatching tensors."""
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = [k for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    if missing or unexpected or wrong:
+        detail = "; ".join(filter(None, [
+            f"missing {missing[:3]}" if missing else "",
+            f"unexpected {unexpected[:3]}" if unexpected else "",
+            ", ".join(f"{k}: {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in wrong[:3]),
+        ]))
+        raise ExportError(f"{source} does not fit a model of preset {preset!r} (was it saved from another "
+                          f"preset?): {detail}")
+    net.load_state_dict(state)

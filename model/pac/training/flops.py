@@ -1,0 +1,54 @@
+"""Measured FLOPs: the model FLOPs of a training step (counted by torch) and this machine's matmul peak.
+
+MFU = achieved model FLOP/s / measured matmul FLOP/s of the same dtype, both measured in the same
+process, so the ratio is meaningful on any machine (AMX bf16 CPUs, GPUs, or neither).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's per-module tracker: we only need the total, and the tracker's
+    backward hooks fail on modules called under `no_grad` with leaf inputs (the target-network path)."""
+
+    parents = ("Global",)
+
+    def __enter__(self) -> _GlobalOnly:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def count_flops(fn: Callable[[], object]) -> int:
+    """FLOPs of the aten ops `fn` runs (forward and backward, if it calls backward)."""
+    counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _GlobalOnly()
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def peak_matmul_flops(dtype: torch.dtype = torch.bfloat16, size: int = 2048, seconds: float = 0.5) -> float:
+    """FLOP/s of a square matmul of `dtype` on this device, best of repeated timed runs."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    a @ b  # warm up (AMX/oneDNN kernel selection)
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == 0.0:
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = max(best, 2 * size**3 / (time.perf_counter() - t))
+    return best
