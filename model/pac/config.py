@@ -174,6 +174,7 @@ class TrainConfig:
     offload_optimizer: bool = False
     offload_params: bool = False
     checkpoint_every: int = 100
+    keep_checkpoints: int = 2  # newest checkpoints kept in the store; older ones are deleted after a save
     eval_every: int = 0  # 0 disables the periodic evaluation hook
     log_every: int = 10
     output: str = "outputs/run"  # run directory: local path or s3://bucket/prefix
@@ -199,7 +200,7 @@ class TrainConfig:
                "optimizer offload needs train.zero_stage >= 2")
         _check(not self.offload_params or self.zero_stage == 3, "train.offload_params",
                "parameter offload needs train.zero_stage == 3")
-        for name in ("checkpoint_every", "log_every"):
+        for name in ("checkpoint_every", "log_every", "keep_checkpoints"):
             _check(getattr(self, name) >= 1, f"train.{name}", f"must be >= 1, got {getattr(self, name)}")
         _check(self.eval_every >= 0, "train.eval_every", f"must be >= 0, got {self.eval_every}")
 
@@ -261,13 +262,16 @@ class TrackingConfig:
     """MLflow tracking and model registry."""
 
     enabled: bool = True
-    uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else a local store under outputs/mlruns
+    uri: str = ""  # empty: $MLFLOW_TRACKING_URI, else a local sqlite store under outputs/mlruns
     experiment: str = "pac"
     registered_model: str = "pac-policy"
     system_metrics: bool = True
+    check_timeout_s: float = 10.0  # pre-flight check: seconds to wait for the tracking server, no retries
 
     def __post_init__(self) -> None:
         _check(bool(self.experiment), "tracking.experiment", "must not be empty")
+        _check(bool(self.registered_model), "tracking.registered_model", "must not be empty")
+        _check(self.check_timeout_s > 0, "tracking.check_timeout_s", f"must be > 0, got {self.check_timeout_s}")
 
 
 @dataclass
