@@ -128,3 +128,65 @@ def s3_bucket(s3_env: S3Server) -> str:
     name = f"pac-test-{os.getpid()}-{next(_bucket_ids)}"
     Minio(s3_env.endpoint, s3_env.access_key, s3_env.secret_key, secure=False).make_bucket(name)
     return f"s3://{name}"
+
+
+# -- MLflow tracking server -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    """A running `mlflow server` whose artifacts live in a bucket of the session's S3 server."""
+
+    uri: str  # the tracking URI, http://127.0.0.1:PORT
+    bucket: str  # the bucket behind --artifacts-destination
+    s3: S3Server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    """A real MLflow tracking server for the session, as deployed: sqlite backend in a temp dir, artifacts proxied
+    (`--serve-artifacts`) into a bucket of the S3 fixture server. Only the server holds the S3 credentials; clients
+    talk HTTP to it. Tests that use it are marked `@pytest.mark.mlflow`.
+    """
+    import contextlib
+    import signal
+
+    from minio import Minio
+
+    root = tmp_path_factory.mktemp("mlflow")
+    bucket = f"mlflow-{os.getpid()}"
+    Minio(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, secure=False).make_bucket(bucket)
+    port = _free_ports(1)[0]
+    exe = Path(sys.executable).parent / "mlflow"
+    cmd = [str(exe) if exe.exists() else "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",
+           "--artifacts-destination", f"s3://{bucket}/"]
+    # Job execution off: otherwise the server starts 7 extra workers (~3 GB) and needs twice as long to come up.
+    env = {**os.environ, **s3_server.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = root / "mlflow.log"
+    with open(log, "wb") as out:
+        # Own process group: the server forks workers, and teardown must stop exactly those.
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120.0  # ~15 s on an idle 2-core machine; tests share the cores
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server not ready after 120 s:\n{log.read_text()[-3000:]}") from None
+                time.sleep(0.25)
+        yield MlflowServer(f"http://127.0.0.1:{port}", bucket, s3_server)
+    finally:
+        # SIGTERM lets the server close the database; then SIGKILL whatever of its group is left (workers).
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10.0)
