@@ -304,6 +304,17 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Config:
+        """Build from a (partial) mapping; a `model` section overrides the named preset's dimensions."""
+        from pac.presets import model_config  # presets import this module
+
+        data = dict(data)
+        preset = data.get("preset", cls.preset)
+        if not isinstance(preset, str):
+            raise ConfigError(f"preset: expected a preset name, got {preset!r}")
+        model = data.get("model", {})
+        if not isinstance(model, dict):
+            raise ConfigError(f"model: expected a mapping, got {model!r}")
+        data["model"] = merge(dataclasses.asdict(model_config(preset)), model)
         return build(cls, data, "")
 
     @classmethod

@@ -15,7 +15,10 @@ pytestmark = pytest.mark.distributed
 
 
 def run(mode: str, cfg: dict, out: Path, nproc: int) -> list[dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # A fresh process group per run: drop any rendezvous variables an in-process test left behind.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = "1"
     if nproc == 1:
         cmd = [sys.executable, str(DRIVER), mode, json.dumps(cfg), str(out)]
     else:

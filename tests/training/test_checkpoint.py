@@ -1,0 +1,139 @@
+"""Checkpoints: exact resume after SIGKILL, round trip through the real S3 server, refusal of bad ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from pac.config import Config, ConfigError
+from pac.data.synthetic import SyntheticSource
+from pac.storage import open_store
+from pac.training.checkpoint import CheckpointError
+from pac.training.engine import check_memory, deepspeed_config, init_world
+from pac.training.export import load_export
+from pac.training.loop import train
+
+DRIVER = Path(__file__).with_name("driver.py")
+
+
+def cfg_dict(output: str, **train_over: object) -> dict:
+    return {"preset": "tiny", "seed": 5, "objective": {"num_action_samples": 4},
+            "train": {"steps": 6, "global_batch_size": 8, "micro_batch_size": 8, "precision": "fp32",
+                      "warmup_steps": 0, "lr": 1e-3, "log_every": 1, "checkpoint_every": 2, "output": output,
+                      **train_over},
+            "tracking": {"enabled": False}, "storage": {"secure": False}}  # the test S3 server speaks plain HTTP
+
+
+def run_synthetic(d: dict) -> list[float]:
+    cfg = Config.from_dict(d)
+    return [h["loss"] for h in train(cfg, source=SyntheticSource(cfg.model, cfg.train.micro_batch_size,
+                                                                 seed=cfg.seed)).history]
+
+
+def driver_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    return {**env, "OMP_NUM_THREADS": "1"}
+
+
+def test_sigkill_then_resume_continues_exactly_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    steps = 60
+    full = cfg_dict(str(tmp_path / "full"), steps=steps, checkpoint_every=1000)
+    subprocess.run([sys.executable, str(DRIVER), "train", json.dumps(full), str(tmp_path / "o_full")],
+                   env=driver_env(), check=True, capture_output=True, timeout=600)
+    reference = json.loads((tmp_path / "o_full" / "rank0.json").read_text())["losses"]
+    assert len(reference) == steps
+
+    killed = cfg_dict(str(tmp_path / "killed"), steps=steps, checkpoint_every=5)
+    args = [sys.executable, str(DRIVER), "train", json.dumps(killed), str(tmp_path / "o_killed")]
+    proc = subprocess.Popen(args, env=driver_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ckpts = tmp_path / "killed" / "checkpoints"
+    deadline = time.time() + 300
+    while not any(ckpts.glob("step_*/manifest.json")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "o_killed" / "rank0.json").exists(), "the run finished before it could be killed"
+
+    subprocess.run(args, env=driver_env(), check=True, capture_output=True, timeout=600)
+    resumed = json.loads((tmp_path / "o_killed" / "rank0.json").read_text())
+    done_before = steps - len(resumed["losses"])
+    assert 5 <= done_before < steps
+    assert resumed["losses"] == pytest.approx(reference[done_before:], rel=1e-6)
+
+
+@pytest.mark.s3
+def test_checkpoints_round_trip_through_s3_and_tampering_is_refused(s3_bucket: str) -> None:
+    out = f"{s3_bucket}/runs/a"
+    first = run_synthetic(cfg_dict(out, steps=4, lr_schedule="constant"))  # same lr whatever the total
+    store = open_store(out, Config.from_dict({"storage": {"secure": False}}).storage)
+    assert {"checkpoints/step_0000004/manifest.json", "export/model.safetensors",
+            "export/config.json"} <= set(store.list(""))
+    reference = run_synthetic(cfg_dict(f"{s3_bucket}/runs/ref", steps=6, lr_schedule="constant"))
+    resumed = run_synthetic(cfg_dict(out, steps=6, lr_schedule="constant"))
+    assert first == pytest.approx(reference[:4], rel=1e-6)
+    assert resumed == pytest.approx(reference[4:], rel=1e-6)
+
+    key = next(k for k in store.list("checkpoints/step_0000006/") if k.endswith(".pt"))
+    data = bytearray(store.get_bytes(key))
+    data[len(data) // 2] ^= 0xFF
+    store.put_bytes(key, bytes(data))
+    with pytest.raises(CheckpointError, match=key.split("/")[-1] + ".*truncated or tampered"):
+        run_synthetic(cfg_dict(out, steps=8, lr_schedule="constant"))
+    store.put_bytes(key, bytes(data[:100]))
+    with pytest.raises(CheckpointError, match="truncated or tampered"):
+        run_synthetic(cfg_dict(out, steps=8, lr_schedule="constant"))
+
+
+def test_checkpoint_of_another_preset_is_a_named_mismatch(tmp_path: Path) -> None:
+    out = str(tmp_path / "run")
+    run_synthetic(cfg_dict(out, steps=2))
+    other = cfg_dict(out, steps=4)
+    other["preset"] = "tiny-wide"
+    with pytest.raises(CheckpointError, match="preset 'tiny'.*'tiny-wide'.*d_model"):
+        run_synthetic(other)
+
+
+def test_export_loads_back_without_pickle(tmp_path: Path) -> None:
+    run_synthetic(cfg_dict(str(tmp_path / "run"), steps=2))
+    net, cfg = load_export(tmp_path / "run" / "export")
+    assert cfg.preset == "tiny" and cfg.train.steps == 2
+    assert sum(p.numel() for p in net.parameters()) > 0
+
+
+def test_generated_deepspeed_config_repeats_nothing_by_hand() -> None:
+    cfg = Config.from_dict({"train": {"global_batch_size": 32, "micro_batch_size": 4, "grad_clip": 0.5,
+                                      "zero_stage": 3, "precision": "bf16"}})
+    ds = deepspeed_config(cfg.train, world_size=2)
+    assert (ds["train_batch_size"], ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"]) == \
+        (32, 4, 4)
+    assert ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"] and ds["zero_optimization"]["stage"] == 3
+    assert "optimizer" not in ds and "scheduler" not in ds  # built from TrainConfig in code, not JSON
+    with pytest.raises(ConfigError, match="global_batch_size=32 is not divisible.*micro_batch_size \\(4\\) x "
+                                          "ranks \\(3\\)"):
+        deepspeed_config(cfg.train, world_size=3)
+
+
+def test_a_preset_too_large_for_memory_is_refused_with_a_hint() -> None:
+    world = init_world()
+    cfg = Config.from_dict({"preset": "XL", "train": {"zero_stage": 0}})
+    with pytest.raises(ConfigError, match="preset 'XL'.*GiB.*zero_stage 3.*offload"):
+        check_memory(cfg, world, available=8 * 1024**3)
+    check_memory(Config(), world, available=8 * 1024**3)  # tiny fits
+
+
+def test_unreachable_object_store_fails_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "someone")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
+    d = cfg_dict("s3://nowhere/run", steps=2)
+    d["storage"] = {"endpoint": "127.0.0.1:9", "secure": False, "retries": 0}
+    start = time.time()
+    with pytest.raises(OSError, match="127.0.0.1:9"):
+        run_synthetic(d)
+    assert time.time() - start < 60
