@@ -11,9 +11,10 @@ import pytest
 from pac.cli import main
 from pac.config import Config, ConfigError, GenerateConfig, StorageConfig
 from pac.data.dataset import open_dataset
-from pac.data.generate import GENERATOR_VERSION, ReturnStats, episode_seed, generate_episodes
+from pac.data.generate import GENERATOR_VERSION, ReturnStats, generate_episodes, seed_stream
 from pac.data.schema import Episode
 from pac.envs import RenderingUnavailable, UnknownTaskError
+from pac.evaluation import episode_seed
 
 SMALL = GenerateConfig(tasks=["cartpole/balance", "jaco/reach_site"], episodes_per_policy=2, episode_steps=20, seed=5)
 
@@ -37,7 +38,8 @@ def test_episodes_are_valid_and_labelled() -> None:
         assert np.all(ep.actions >= ep.action_low) and np.all(ep.actions <= ep.action_high)
         p = ep.provenance
         assert p["generator_version"] == GENERATOR_VERSION and p["task"] == ep.task and p["quality"] == ep.quality
-        assert p["seed"] == str(episode_seed(5, ep.task, ep.quality, int(p["index"]))) and p["policy"] == ep.policy
+        assert p["seed"] == str(episode_seed(5, ep.task, int(p["index"]), seed_stream(ep.quality)))
+        assert p["policy"] == ep.policy
         assert ("noisy_expert_prob" in p) == (ep.quality == "noisy")
     assert len({ep.episode_id for ep in episodes}) == len(episodes)
     assert {(ep.task, ep.quality) for ep in episodes} == {

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes.util
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from pac.envs import TASKS, RenderingUnavailable, make_env
@@ -82,3 +87,34 @@ def test_frames_follow_the_state() -> None:
     for _ in range(60):
         obs, *_ = env.step(np.ones(1))  # push the cart hard to one side
     assert np.abs(obs["image"].astype(int) - first.astype(int)).mean() > 1.0
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    return subprocess.run([sys.executable, "-c", code], env={**clean, **env}, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_gl_backend_defaults_to_a_headless_one_and_keeps_the_users_choice() -> None:
+    code = "import os, pac.envs; print(os.environ['MUJOCO_GL'])"
+    chosen = _python(code)
+    assert chosen.returncode == 0, chosen.stderr
+    found = [name for name, lib in (("egl", "EGL"), ("osmesa", "OSMesa")) if ctypes.util.find_library(lib)]
+    expected = found[0] if found else "disable"
+    assert chosen.stdout.split()[-1] == expected
+    kept = _python(code, MUJOCO_GL="disable")
+    assert kept.stdout.split()[-1] == "disable"
+
+
+def test_without_rendering_proprio_works_and_vision_says_how_to_fix_it() -> None:
+    code = """
+from pac.envs import RenderingUnavailable, make_env
+print(make_env("cartpole/balance", seed=0, episode_steps=3).reset(seed=0)["proprio"].shape)
+try:
+    make_env("cartpole/balance", seed=0, episode_steps=3, vision=True).reset(seed=0)
+except RenderingUnavailable as e:
+    print("RenderingUnavailable:", e)
+"""
+    run = _python(code, MUJOCO_GL="disable")
+    assert run.returncode == 0, run.stderr
+    assert "(5,)" in run.stdout and "RenderingUnavailable:" in run.stdout and "MUJOCO_GL=egl" in run.stdout

@@ -18,7 +18,7 @@ STEPS = 250  # the generator's default time limit: max return 250
 
 def returns(task_id: str, quality: str, episodes: int, steps: int = STEPS) -> np.ndarray:
     env = make_env(task_id, seed=0, episode_steps=steps)
-    policy = make_policy(env, quality, expert_prob=0.5, noise_std=0.5)
+    policy = make_policy(env.spec, quality, expert_prob=0.5, noise_std=0.5)
     out = []
     for i in range(episodes):
         obs = env.reset(seed=100 + i)
@@ -71,7 +71,7 @@ def test_noisy_policy_extremes() -> None:
     assert np.all(actions >= env.action_low) and np.all(actions <= env.action_high)
     assert actions.std(0).min() > 0.4  # uniform on [-1, 1] has std 0.58
     with pytest.raises(ValueError, match="unknown behaviour quality"):
-        make_policy(env, "mediocre", expert_prob=0.5, noise_std=0.5)
+        make_policy(env.spec, "mediocre", expert_prob=0.5, noise_std=0.5)
 
 
 def test_random_policy_is_seeded() -> None:

@@ -4,13 +4,17 @@
     ref = ingest(generate_episodes(cfg, stats=stats), "control", storage=...)  # streams, one episode at a time
     print(stats.table())
 
-Every episode's seed is a hash of (generate.seed, task, quality, index), so an episode can be
-regenerated on its own, and adding a task or a quality never changes the other episodes.
+The behaviour policies (`pac.envs.policies`) run through the ONE rollout implementation,
+`pac.evaluation.iter_rollout`, like evaluation and collection: same seeding, action clipping and
+episode recording. Episode `i` of (task, quality) starts from `episode_seed(generate.seed, task, i,
+"generate/<quality>")`, so an episode can be regenerated on its own, adding a task or a quality
+never changes the other episodes, and generated data never replays evaluation's initial states.
 """
 
 from __future__ import annotations
 
-import hashlib
+import dataclasses
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -20,52 +24,19 @@ import numpy as np
 from tqdm import tqdm
 
 from pac import __version__
-from pac.config import ConfigError, GenerateConfig
+from pac.config import ConfigError, EvalConfig, GenerateConfig
 from pac.data.schema import Episode
-from pac.envs import Env, get_task, make_env
-from pac.envs.policies import QUALITY_LEVELS, Policy, make_policy
+from pac.envs import get_task
+from pac.envs.policies import QUALITY_LEVELS, make_policy
+from pac.evaluation import ScriptedSource, TaskPlan, iter_rollout
 
-GENERATOR_VERSION = "1"  # bump when the same config would produce different episodes
+GENERATOR_VERSION = "2"  # bump when the same config would produce different episodes
 _HIST_BINS = 10
 
 
-def episode_seed(base_seed: int, task: str, quality: str, index: int) -> int:
-    """A 31-bit seed that depends only on its arguments (never on Python's salted `hash`)."""
-    digest = hashlib.sha256(f"{base_seed}/{task}/{quality}/{index}".encode()).digest()
-    return int.from_bytes(digest[:4], "little") >> 1
-
-
-def record_episode(env: Env, policy: Policy, seed: int, quality: str, provenance: dict[str, str],
-                   episode_id: str) -> Episode:
-    """Run `policy` in `env` for one episode and return it as an `Episode`.
-
-    Args:
-        env: a `pac.envs.Env`; reset here with `seed` (its initial state depends on the seed alone).
-        policy: a `pac.envs.policies.Policy`; reset here with a seed derived from `seed`.
-        seed: the episode seed.
-        quality: the quality label stored with the episode.
-        provenance: string metadata stored with the episode.
-        episode_id: unique id of the episode.
-    """
-    obs = env.reset(seed=seed)
-    policy.reset(env, seed ^ 0x5A5A5A5A)  # a stream distinct from the initial-state draw
-    proprio, images = [obs["proprio"]], [obs["image"]]
-    actions, rewards, discounts = [], [], []
-    done = False
-    while not done:
-        action = env.clip(policy.act(env, obs))  # stored exactly as executed
-        obs, reward, discount, done = env.step(action)
-        proprio.append(obs["proprio"])
-        images.append(obs["image"])
-        actions.append(action)
-        rewards.append(reward)
-        discounts.append(discount)
-    return Episode(
-        task=env.spec.id, instruction=env.instruction, proprio=np.stack(proprio).astype(np.float32),
-        actions=np.stack(actions).astype(np.float32), rewards=np.asarray(rewards, np.float32),
-        discounts=np.asarray(discounts, np.float32), action_low=env.action_low.copy(),
-        action_high=env.action_high.copy(), images=np.stack(images) if env.vision else None, quality=quality,
-        policy=policy.name, provenance=provenance, episode_id=episode_id)
+def seed_stream(quality: str) -> str:
+    """The `pac.evaluation.episode_seed` stream of one quality level."""
+    return f"generate/{quality}"
 
 
 @dataclass
@@ -134,37 +105,42 @@ def generate_episodes(cfg: GenerateConfig, *, stats: ReturnStats | None = None,
     Raises:
         UnknownTaskError: a task id is not registered (raised before anything is simulated).
         ConfigError: an unknown quality.
+        RenderingUnavailable: `cfg.vision` on a machine that cannot render.
     """
     check_config(cfg)
+    rollout_cfg = EvalConfig(episodes=cfg.episodes_per_policy, num_envs=1, episode_steps=cfg.episode_steps,
+                             seed=cfg.seed, video=False)
+    versions = {"mujoco": mujoco.__version__, "dm_control": metadata.version("dm-control")}
     total = len(cfg.tasks) * len(cfg.qualities) * cfg.episodes_per_policy
     bar = tqdm(total=total, desc="generate", unit="ep", disable=not progress)
     try:
         for task in cfg.tasks:
-            env = make_env(task, seed=cfg.seed, episode_steps=cfg.episode_steps, vision=cfg.vision,
-                           image_size=cfg.image_size)
-            try:
-                for quality in cfg.qualities:
-                    policy = make_policy(env, quality, expert_prob=cfg.noisy_expert_prob,
-                                         noise_std=cfg.noisy_action_std)
-                    bar.set_postfix_str(f"{task} {quality}")
-                    for index in range(cfg.episodes_per_policy):
-                        seed = episode_seed(cfg.seed, task, quality, index)
-                        provenance = {
-                            "source": "generate", "generator_version": GENERATOR_VERSION, "pac_version": __version__,
-                            "task": task, "quality": quality, "policy": policy.name, "seed": str(seed),
-                            "base_seed": str(cfg.seed), "index": str(index), "episode_steps": str(cfg.episode_steps),
-                            "vision": str(cfg.vision), "mujoco": mujoco.__version__,
-                            "dm_control": metadata.version("dm-control")}
-                        if quality == "noisy":
-                            provenance["noisy_expert_prob"] = str(cfg.noisy_expert_prob)
-                            provenance["noisy_action_std"] = str(cfg.noisy_action_std)
-                        episode = record_episode(env, policy, seed, quality, provenance,
-                                                 f"generate/{task}/{quality}/{index:05d}")
-                        if stats is not None:
-                            stats.add(episode)
-                        bar.update(1)
-                        yield episode
-            finally:
-                env.close()
+            plan = TaskPlan(get_task(task), vision=cfg.vision, image_size=cfg.image_size)
+            for quality in cfg.qualities:
+                # ScriptedSource builds a fresh policy per episode (experts keep per-episode state).
+                factory = functools.partial(make_policy, quality=quality, expert_prob=cfg.noisy_expert_prob,
+                                            noise_std=cfg.noisy_action_std)
+                policy_name = factory(plan.spec).name
+                bar.set_postfix_str(f"{task} {quality}")
+                rollouts = iter_rollout(ScriptedSource(factory, name=policy_name), plan, rollout_cfg,
+                                        stream=seed_stream(quality), record=True, videos=0, progress=False)
+                for result, episode in rollouts:
+                    if episode is None:  # record=True always builds it
+                        raise RuntimeError("the rollout did not record the episode")
+                    provenance = {
+                        "source": "generate", "generator_version": GENERATOR_VERSION, "pac_version": __version__,
+                        "task": task, "quality": quality, "policy": policy_name, "seed": str(result.seed),
+                        "base_seed": str(cfg.seed), "index": str(result.index),
+                        "episode_steps": str(cfg.episode_steps), "vision": str(cfg.vision), **versions}
+                    if quality == "noisy":
+                        provenance["noisy_expert_prob"] = str(cfg.noisy_expert_prob)
+                        provenance["noisy_action_std"] = str(cfg.noisy_action_std)
+                    episode = dataclasses.replace(episode, quality=quality, policy=policy_name,
+                                                  provenance=provenance,
+                                                  episode_id=f"generate/{task}/{quality}/{result.index:05d}")
+                    if stats is not None:
+                        stats.add(episode)
+                    bar.update(1)
+                    yield episode
     finally:
         bar.close()

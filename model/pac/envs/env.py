@@ -12,13 +12,14 @@ experts read privileged state through `env.physics` and `env.dm_env.task`.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, TypedDict
 
 import numpy as np
 
 from pac.config import IMAGE_SIZE
 from pac.envs.registry import TaskSpec, get_task
-from pac.envs.rendering import FastCamera
+from pac.envs.rendering import FastCamera, import_failed
 
 
 class Obs(TypedDict):
@@ -28,26 +29,35 @@ class Obs(TypedDict):
     image: np.ndarray | None  # (image_size, image_size, 3) uint8 from `TaskSpec.camera` when vision is on
 
 
+def _dm_control(module: str) -> Any:
+    """Import a dm_control module; its first import loads the MUJOCO_GL backend, which may fail."""
+    try:
+        return importlib.import_module(f"dm_control.{module}")
+    except (ImportError, RuntimeError, AttributeError, OSError) as e:
+        raise import_failed(e) from e
+
+
 def load_dm_env(spec: TaskSpec, seed: int) -> Any:
     """Build the underlying dm_control environment with no time limit (the `Env` counts steps)."""
     if spec.family == "suite":
-        from dm_control import suite
-
         domain, task = spec.env_name.split("/")
-        return suite.load(domain, task, task_kwargs={"random": seed, "time_limit": float("inf")})
-    from dm_control import composer, manipulation
-    from dm_control.manipulation.shared import registry as manipulation_registry
-
-    if spec.env_name not in manipulation.ALL:  # importing `manipulation` above filled its registry
+        return _dm_control("suite").load(domain, task, task_kwargs={"random": seed, "time_limit": float("inf")})
+    manipulation = _dm_control("manipulation")  # importing it fills its task registry
+    if spec.env_name not in manipulation.ALL:
         raise ValueError(f"{spec.id}: dm_control.manipulation has no task {spec.env_name!r}")
-    task = manipulation_registry.get_constructor(spec.env_name)()
+    task = _dm_control("manipulation.shared.registry").get_constructor(spec.env_name)()
     # Singleton buffer dims stripped: (1, 6, 2) -> (6, 2), same flattened values, simpler shapes.
-    return composer.Environment(task, time_limit=float("inf"), random_state=seed,
-                                strip_singleton_obs_buffer_dim=True)
+    return _dm_control("composer").Environment(task, time_limit=float("inf"), random_state=seed,
+                                               strip_singleton_obs_buffer_dim=True)
 
 
 class Env:
     """A registered task with a control-step time limit and optional camera observations.
+
+    Attributes:
+        spec: the registry entry (instruction, success rule, maximum return).
+        action_low, action_high: (A,) float32 action bounds from dm_control's action spec.
+        proprio_dim: P, the length of `Obs["proprio"]`.
 
     Args:
         spec: the registry entry.
@@ -72,8 +82,8 @@ class Env:
         obs_spec = self._env.observation_spec()
         missing = [k for k in spec.obs_keys if k not in obs_spec]
         if missing:
-            raise KeyError(f"{spec.id}: dm_control has no observation {missing} (has {list(obs_spec)}); "
-                           "the registry's obs_keys no longer match this dm_control version")
+            raise RuntimeError(f"{spec.id}: dm_control has no observation {missing} (has {list(obs_spec)}); "
+                               "the registry's obs_keys no longer match this dm_control version")
         self.proprio_dim = sum(int(np.prod(obs_spec[k].shape)) for k in spec.obs_keys)
         self._cameras: dict[tuple[int, int], FastCamera] = {}
         self._t = 0

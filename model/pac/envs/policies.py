@@ -15,6 +15,7 @@ import abc
 import numpy as np
 
 from pac.envs.env import Env, Obs
+from pac.envs.registry import TaskSpec
 
 QUALITY_LEVELS = ("random", "noisy", "expert")  # the behaviour qualities this module can produce
 
@@ -74,11 +75,11 @@ class NoisyPolicy(Policy):
         return env.clip(action)
 
 
-def make_policy(env: Env, quality: str, *, expert_prob: float, noise_std: float) -> Policy:
-    """The behaviour policy of one quality level for `env`'s task.
+def make_policy(spec: TaskSpec, quality: str, *, expert_prob: float, noise_std: float) -> Policy:
+    """A fresh behaviour policy of one quality level for a task (one per environment: policies keep state).
 
     Args:
-        env: the environment the policy will act in (its task selects the expert).
+        spec: the task (selects the expert).
         quality: one of `QUALITY_LEVELS`.
         expert_prob: the noisy policy's probability of acting with the expert (`GenerateConfig`).
         noise_std: the noisy policy's Gaussian noise, a fraction of half the action range (`GenerateConfig`).
@@ -86,12 +87,12 @@ def make_policy(env: Env, quality: str, *, expert_prob: float, noise_std: float)
     Raises:
         ValueError: unknown quality.
     """
-    from pac.envs.experts import make_expert
+    from pac.envs.experts import make_expert  # experts import this module
 
     if quality == "random":
         return RandomPolicy()
     if quality == "expert":
-        return make_expert(env.spec)
+        return make_expert(spec)
     if quality == "noisy":
-        return NoisyPolicy(make_expert(env.spec), expert_prob, noise_std)
+        return NoisyPolicy(make_expert(spec), expert_prob, noise_std)
     raise ValueError(f"unknown behaviour quality {quality!r}; choose from {', '.join(QUALITY_LEVELS)}")

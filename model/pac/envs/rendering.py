@@ -1,20 +1,26 @@
 """Headless MuJoCo rendering: backend selection and a fast offscreen camera.
 
-dm_control picks its OpenGL backend once, when `dm_control` is first imported, from `MUJOCO_GL`.
-Training pods and CI machines have no display, so `select_gl_backend` (called by `pac.envs` before
-anything imports dm_control) defaults it to EGL; a value the user set is always kept.
+dm_control picks its OpenGL backend once, when `dm_control` is first imported, from `MUJOCO_GL`,
+and that import fails outright if the named backend cannot load. Training pods and CI machines have
+no display, so `select_gl_backend` (called by `pac.envs` before anything imports dm_control)
+defaults it to EGL, or OSMesa, or no rendering at all, whichever the machine's libraries allow; a
+value the user set is always kept.
 """
 
 from __future__ import annotations
 
+import ctypes.util
 import os
 import sys
+from typing import Any
 
 import numpy as np
 
-DEFAULT_GL = "egl"
 _HINT = ("set MUJOCO_GL=egl (needs libEGL, e.g. `apt-get install libegl1`) or MUJOCO_GL=osmesa "
-         "(`apt-get install libosmesa6`) before starting Python; MUJOCO_GL=glfw needs a display")
+         "(`apt-get install libosmesa6`) before starting Python; MUJOCO_GL=glfw needs a display; "
+         "MUJOCO_GL=disable runs without vision")
+# Headless backends in order of preference (EGL is much faster), with the library each one loads.
+_HEADLESS = (("egl", "EGL"), ("osmesa", "OSMesa"))
 
 
 class RenderingUnavailable(RuntimeError):
@@ -22,14 +28,25 @@ class RenderingUnavailable(RuntimeError):
 
 
 def select_gl_backend() -> str:
-    """Default `MUJOCO_GL` to EGL unless the user chose a backend; return the effective value.
+    """Choose a headless `MUJOCO_GL` unless the user set one; return the effective value.
 
     Must run before `dm_control` is imported (it reads the variable once, at import time). When
     dm_control is already loaded the existing choice stands, whatever the variable says now.
+    The libraries are probed rather than tried: a failed dm_control import cannot be retried, and
+    without any GL library proprioceptive tasks must still work ("disable": rendering then raises
+    `RenderingUnavailable`).
     """
-    if "dm_control" not in sys.modules:
-        os.environ.setdefault("MUJOCO_GL", DEFAULT_GL)
+    if "dm_control" not in sys.modules and "MUJOCO_GL" not in os.environ:
+        available = [name for name, lib in _HEADLESS if ctypes.util.find_library(lib)]
+        os.environ["MUJOCO_GL"] = available[0] if available else "disable"
     return os.environ.get("MUJOCO_GL", "")
+
+
+def import_failed(error: Exception) -> RenderingUnavailable:
+    """The error to raise when importing dm_control failed: it loads the MUJOCO_GL backend at import."""
+    return RenderingUnavailable(
+        f"dm_control could not load the OpenGL backend MUJOCO_GL={os.environ.get('MUJOCO_GL', '<unset>')!r} "
+        f"({type(error).__name__}: {error}); {_HINT}")
 
 
 class FastCamera:
@@ -45,13 +62,13 @@ class FastCamera:
         camera: camera name or index in the model.
     """
 
-    def __init__(self, physics: object, height: int, width: int, camera: int | str) -> None:
+    def __init__(self, physics: Any, height: int, width: int, camera: int | str) -> None:
         try:
             from dm_control import mujoco as dm_mujoco
             from dm_control.mujoco.wrapper.mjbindings import enums
 
             # Multisampling is read when the offscreen buffer is created, i.e. before the first frame.
-            physics.model.vis.quality.offsamples = 0  # type: ignore[attr-defined]
+            physics.model.vis.quality.offsamples = 0
             self._camera = dm_mujoco.Camera(physics, height=height, width=width, camera_id=camera)
             for flag in (enums.mjtRndFlag.mjRND_SHADOW, enums.mjtRndFlag.mjRND_REFLECTION,
                          enums.mjtRndFlag.mjRND_SKYBOX):
