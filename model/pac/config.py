@@ -138,8 +138,8 @@ class GenerateConfig:
     qualities: list[str] = field(default_factory=lambda: ["random", "noisy", "expert"])
     episode_steps: int = 250  # time limit per episode (control steps)
     vision: bool = False  # also store camera pixels
-    image_size: int = IMAGE_SIZE
-    seed: int = 0
+    image_size: int = IMAGE_SIZE  # side of the stored camera frames in pixels
+    seed: int = 0  # episode seeds derive from this, the task, the quality and the episode index
     noisy_expert_prob: float = 0.5  # 'noisy' policy: probability a step uses the expert (else uniform random)
     noisy_action_std: float = 0.5  # 'noisy' policy: Gaussian noise on expert actions, fraction of half the range
 
