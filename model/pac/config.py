@@ -121,8 +121,11 @@ class DataConfig:
     cache_dir: str = ""  # local cache for downloaded shards; empty: <storage.root>/cache, ~/.cache/pac if root is s3://
     shards_in_memory: int = 4  # bounds memory on datasets larger than RAM
     shard_mb: float = 64.0  # ingestion: target size of one shard file (episodes are never split across shards)
+    mix_with: dict[str, float] = field(default_factory=dict)  # more datasets -> sampling weight (data.dataset: 1)
 
     def __post_init__(self) -> None:
+        for uri, w in self.mix_with.items():
+            _check(w > 0.0, f"data.mix_with[{uri}]", f"must be > 0, got {w}")
         for task, w in self.task_weights.items():
             _check(w >= 0.0, f"data.task_weights[{task}]", f"must be >= 0, got {w}")
         _check(self.shards_in_memory >= 1, "data.shards_in_memory", f"must be >= 1, got {self.shards_in_memory}")
@@ -240,6 +243,23 @@ class EvalConfig:
 
 
 @dataclass
+class ImproveConfig:
+    """Self-improvement rounds (`pac improve`): collect with the policy -> ingest -> finetune -> evaluate."""
+
+    iterations: int = 2
+    collect_episodes: int = 8  # per robot task and round
+    finetune_steps: int = 200  # optimizer steps per round
+    collected_weight: float = 1.0  # sampling weight of the self-collected data (the original data has 1)
+    dataset: str = "self-collected"  # dataset name the rounds publish new versions of
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "collect_episodes", "finetune_steps"):
+            _check(getattr(self, name) >= 1, f"improve.{name}", f"must be >= 1, got {getattr(self, name)}")
+        _check(self.collected_weight > 0, "improve.collected_weight", f"must be > 0, got {self.collected_weight}")
+        _check(bool(self.dataset), "improve.dataset", "must not be empty")
+
+
+@dataclass
 class StorageConfig:
     """Object store. Credentials never live here: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY come from the
     environment (a Kubernetes Secret in the cluster)."""
@@ -286,6 +306,7 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    improve: ImproveConfig = field(default_factory=ImproveConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -336,11 +357,15 @@ def read_overrides(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# Mapping-valued fields: values, not config sections (they replace rather than merge, and stay whole when flattened).
+_LEAF_MAPPINGS = ("task_weights", "mix_with")
+
+
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and k != "task_weights":
+        if isinstance(v, dict) and v and all(isinstance(x, str) for x in v) and k not in _LEAF_MAPPINGS:
             out.update(flatten(v, key + "."))
         else:
             out[key] = v
@@ -351,7 +376,7 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     """Deep-merge `override` into a copy of `base` (mappings merge, everything else replaces)."""
     out = dict(base)
     for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "task_weights":
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in _LEAF_MAPPINGS:
             out[k] = merge(out[k], v)
         else:
             out[k] = v

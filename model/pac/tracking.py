@@ -588,6 +588,25 @@ def _load_local(path: Path, uri: str) -> tuple[PerceiverActorCritic, Config]:
     raise ExportError(f"{uri} is neither a PAC export directory ({CONFIG} + {WEIGHTS}) nor an MLflow model directory")
 
 
+def model_version_run_id(uri: str, cfg: TrackingConfig) -> str | None:
+    """The run that logged the model behind `models:/NAME@alias`, `models:/NAME/VERSION` or `models:/<model id>`."""
+    tracking_uri = resolve_tracking_uri(cfg)
+    registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri)
+    ref = uri.removeprefix("models:/").strip("/")
+    try:
+        if "@" in ref:
+            name, alias = ref.split("@", 1)
+            return client.get_model_version_by_alias(name, alias).run_id
+        if "/" in ref:
+            name, version = ref.split("/", 1)
+            return client.get_model_version(name, version).run_id
+        return client.get_logged_model(ref).source_run_id
+    except MlflowException as e:
+        raise TrackingError(f"cannot resolve {uri} at MLflow tracking URI {redact_uri(tracking_uri)}: "
+                            f"{e.message}") from e
+
+
 def set_alias(name: str, version: str, alias: str, cfg: TrackingConfig) -> None:
     """Point `alias` (e.g. "champion") of registered model `name` at `version`; moves it if it pointed elsewhere.
 

@@ -21,7 +21,8 @@ from pac.presets import model_config
 
 SECTIONS: dict[str, type] = {
     "model": C.ModelConfig, "objective": C.ObjectiveConfig, "data": C.DataConfig, "generate": C.GenerateConfig,
-    "train": C.TrainConfig, "eval": C.EvalConfig, "storage": C.StorageConfig, "tracking": C.TrackingConfig,
+    "train": C.TrainConfig, "eval": C.EvalConfig, "improve": C.ImproveConfig, "storage": C.StorageConfig,
+    "tracking": C.TrackingConfig,
 }
 
 

@@ -9,6 +9,7 @@ the newest checkpoint in `train.output` (exactly: same batches, same RNG, same M
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import tempfile
@@ -28,6 +29,7 @@ from pac.training.checkpoint import CheckpointStore, rng_state, set_rng_state
 from pac.training.engine import DeepSpeedEngine, init_world
 from pac.training.export import save_export
 from pac.training.flops import count_flops, peak_matmul_flops
+from pac.training.weights import RUN_INFO
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +87,9 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
         run_store.check(write=True)
         tracker.check()
     if source is None:
-        from pac.data.loader import build_loader
+        from pac.data.mixture import build_source
 
-        source = build_loader(cfg, rank=world.rank, world_size=world.world_size,
-                              batch_size=cfg.train.micro_batch_size)
+        source = build_source(cfg, rank=world.rank, world_size=world.world_size)
     engine = DeepSpeedEngine(cfg, world)
     gas = engine.accumulation
     ckpts = CheckpointStore(run_store, world.rank, world.world_size)
@@ -160,6 +161,8 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
     if world.is_main and not preemption.requested:
         with tempfile.TemporaryDirectory(prefix="pac-export-") as tmp:
             save_export(weights, cfg, tmp)
+            # Lineage for finetuning runs started from this export (their MLflow parent).
+            (Path(tmp) / RUN_INFO).write_text(json.dumps({"run_id": run_id, "steps": step}))
             for f in sorted(Path(tmp).iterdir()):  # config.json last: it marks a complete export
                 if f.name != "config.json":
                     run_store.put_file(f"{EXPORT}/{f.name}", f)

@@ -1,0 +1,54 @@
+"""Sampling from several datasets at once: the original data mixed with self-collected data.
+
+Micro-batch i comes whole from one dataset, chosen by a seeded draw on i with probabilities
+proportional to the weights (`data.dataset` has weight 1, `data.mix_with` names the others). Each
+dataset's own batch i is a pure function of i, so the mixture is too: exact resume carries over.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from pac.config import Config
+from pac.data.loader import TransitionLoader, build_loader
+from pac.inputs import Transition
+
+
+class MixtureSource:
+    def __init__(self, loaders: list[TransitionLoader], weights: list[float], seed: int) -> None:
+        if len(loaders) != len(weights) or not loaders:
+            raise ValueError("a mixture needs one weight per dataset")
+        self.loaders = loaders
+        self.probs = np.asarray(weights, dtype=np.float64) / float(sum(weights))
+        self.seed = seed
+
+    def choose(self, step: int) -> int:
+        return int(np.random.default_rng((self.seed, 0x6D6978, step)).choice(len(self.loaders), p=self.probs))
+
+    def batch(self, step: int) -> Transition:
+        return self.loaders[self.choose(step)].batch(step)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mixture": [loader.state_dict() for loader in self.loaders], "probs": self.probs.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state.get("mixture", [])) != len(self.loaders):
+            raise ValueError(f"the saved data stream mixed {len(state.get('mixture', []))} datasets, this run "
+                             f"mixes {len(self.loaders)}; resume with the same data.mix_with")
+        for loader, s in zip(self.loaders, state["mixture"], strict=True):
+            loader.load_state_dict(s)
+
+
+def build_source(cfg: Config, *, rank: int = 0, world_size: int = 1) -> TransitionLoader | MixtureSource:
+    """The training data stream: `data.dataset`, mixed with `data.mix_with` when any are named."""
+    main = build_loader(cfg, rank=rank, world_size=world_size)
+    if not cfg.data.mix_with:
+        return main
+    loaders, weights = [main], [1.0]
+    for uri, weight in cfg.data.mix_with.items():
+        other = Config.from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "dataset": uri, "mix_with": {}}})
+        loaders.append(build_loader(other, rank=rank, world_size=world_size))
+        weights.append(weight)
+    return MixtureSource(loaders, weights, cfg.seed)

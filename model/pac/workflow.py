@@ -1,0 +1,224 @@
+"""The product's workflow composed from the library's steps — the same steps the KFP pipeline runs as
+containers, here in one process for `pac finetune`, `pac improve` and `pac demo`:
+
+    generate -> ingest -> pretrain -> evaluate -> [collect -> ingest -> finetune -> evaluate] x K
+
+Finetuning is RL on a mixture of the original data and the policy's own episodes (the paper's
+self-improvement without online exploration): each round's model collects on the robot-arm task(s),
+its episodes become a new immutable dataset version, and the next model starts from its weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pac.config import Config
+from pac.training.loop import TrainResult, train
+from pac.training.weights import load_model, source_run_id
+
+log = logging.getLogger(__name__)
+
+
+def generate_dataset(cfg: Config, dataset: str, *, append: bool = False, progress: bool = True) -> tuple[Any, Any]:
+    """Run the behaviour policies (`cfg.generate`) and stream their episodes into a new dataset version.
+
+    Returns:
+        (the published `DatasetRef`, the `ReturnStats` summary of the generated returns).
+    """
+    from pac.data.generate import GENERATOR_VERSION, ReturnStats, check_config, generate_episodes
+    from pac.data.ingest import ingest
+
+    gen = cfg.generate
+    check_config(gen)  # unknown tasks fail here, before the store is touched
+    stats = ReturnStats(gen.episode_steps)
+    source = {"kind": "generate", "generator_version": GENERATOR_VERSION,
+              **{k: ",".join(v) if isinstance(v, list) else str(v) for k, v in dataclasses.asdict(gen).items()}}
+    ref = ingest(generate_episodes(gen, stats=stats, progress=progress), dataset, storage=cfg.storage,
+                 data=cfg.data, sources=[source], append=append, progress=False)
+    return ref, stats
+
+
+def finetune(cfg: Config, model_uri: str, *, run_name: str | None = None) -> TrainResult:
+    """Train from the weights at `model_uri` on `cfg.data` (mixture included), as a child MLflow run.
+
+    The model dimensions come from the source model (a finetune cannot change the architecture);
+    everything else (objective, data, budget) from `cfg`.
+    """
+    _, source_cfg = load_model(model_uri, cfg)
+    cfg = dataclasses.replace(cfg, preset=source_cfg.preset, model=source_cfg.model,
+                              train=dataclasses.replace(cfg.train, init_from=model_uri))
+    parent = source_run_id(model_uri, cfg) if cfg.tracking.enabled else None
+    return train(cfg, parent_run_id=parent, run_name=run_name or "finetune")
+
+
+@dataclass
+class Round:
+    """One point of the self-improvement curve."""
+
+    round: int
+    model: str  # export URI of the round's model
+    dataset: str | None  # the self-collected dataset version the round trained on
+    success_rate: float | None  # mean over the robot tasks (None where no task defines success)
+    return_mean: float
+    normalized_score: float
+    collected_return_mean: float | None = None  # returns of the episodes the previous model collected
+    run_id: str | None = None
+
+
+@dataclass
+class ImproveResult:
+    rounds: list[Round] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def table(self) -> str:
+        rows = ["| round | success | return | normalised | collected return | model |",
+                "|---|---:|---:|---:|---:|---|"]
+        for r in self.rounds:
+            success = "n/a" if r.success_rate is None else f"{r.success_rate:.0%}"
+            collected = "" if r.collected_return_mean is None else f"{r.collected_return_mean:.1f}"
+            rows.append(f"| {r.round} | {success} | {r.return_mean:.1f} | {r.normalized_score:.3f} | {collected} | "
+                        f"{r.model} |")
+        return "\n".join(rows)
+
+
+def _robot_summary(report: Any) -> tuple[float | None, float, float]:
+    tasks = list(report.tasks.values())
+    rates = [t.success_rate for t in tasks if t.success_rate is not None]
+    return (sum(rates) / len(rates) if rates else None, sum(t.return_mean for t in tasks) / len(tasks),
+            sum(t.normalized_score for t in tasks) / len(tasks))
+
+
+def improve(cfg: Config, model_uri: str, output: str | Path) -> ImproveResult:
+    """K rounds of collect -> ingest -> finetune -> evaluate on the robot task(s); writes the curve.
+
+    Args:
+        cfg: `improve` (rounds, budgets, mixture weight), `data.dataset` (the original data to mix with),
+            `objective` (the RL objective of finetuning), `eval` (evaluation and collection settings).
+        model_uri: the starting model (export or `models:/` URI).
+        output: local directory for per-round evaluations, `improve.json`, `improve.md`, `improve.png`.
+    """
+    from pac.collection import collect, collection_plans
+    from pac.evaluation import evaluate_model
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    net, model_cfg = load_model(model_uri, cfg)
+    plans = collection_plans(model_cfg, cfg.eval, cfg.storage)
+    eval_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, tasks=[p.task for p in plans]))
+    report = evaluate_model(net, eval_cfg, output_dir=output / "round0", name=model_uri, plans=plans)
+    result = ImproveResult([Round(0, model_uri, None, *_robot_summary(report))])
+    current = model_uri
+    for k in range(1, cfg.improve.iterations + 1):
+        t0 = time.perf_counter()
+        collect_eval = dataclasses.replace(cfg.eval, episodes=cfg.improve.collect_episodes)
+        collected = collect(net, model_cfg, collect_eval, cfg.improve.dataset, model_uri=current,
+                            storage=cfg.storage, data=cfg.data, plans=plans, append=k > 1, progress=False)
+        round_cfg = dataclasses.replace(
+            cfg, data=dataclasses.replace(cfg.data, mix_with={str(collected.ref): cfg.improve.collected_weight}),
+            train=dataclasses.replace(cfg.train, steps=cfg.improve.finetune_steps,
+                                      output=f"{cfg.train.output.rstrip('/')}/round{k}"))
+        trained = finetune(round_cfg, current, run_name=f"improve-round{k}")
+        current = trained.export_uri
+        net, model_cfg = load_model(current, cfg)
+        report = evaluate_model(net, eval_cfg, output_dir=output / f"round{k}", name=current, plans=plans)
+        collected_mean = sum(s.return_mean for s in collected.tasks.values()) / len(collected.tasks)
+        result.rounds.append(Round(k, current, str(collected.ref), *_robot_summary(report),
+                                   collected_return_mean=collected_mean, run_id=trained.run_id))
+        log.info("improve round %d/%d: %s (%.0f s)", k, cfg.improve.iterations, result.rounds[-1],
+                 time.perf_counter() - t0)
+    result.files = _write_curve(result, output)
+    return result
+
+
+def _write_curve(result: ImproveResult, output: Path) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (output / "improve.json").write_text(json.dumps([dataclasses.asdict(r) for r in result.rounds], indent=2))
+    (output / "improve.md").write_text(result.table() + "\n")
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    xs = [r.round for r in result.rounds]
+    if all(r.success_rate is not None for r in result.rounds):
+        ax.plot(xs, [r.success_rate for r in result.rounds], "o-", label="success rate")
+    ax.plot(xs, [r.normalized_score for r in result.rounds], "s--", label="normalised score")
+    ax.set_xlabel("self-improvement round")
+    ax.set_xticks(xs)
+    ax.set_ylim(-0.05, 1.05)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("robot task: collect -> finetune")
+    fig.tight_layout()
+    fig.savefig(output / "improve.png", dpi=120)
+    plt.close(fig)
+    return {k: str(output / f"improve.{k}") for k in ("json", "md", "png")}
+
+
+@dataclass
+class LocalRun:
+    """What `run_local` produced, for the summary a person reads."""
+
+    dataset: str
+    pretrain: TrainResult
+    before: Any  # EvalReport of the pretrained model
+    improvement: ImproveResult
+    after: Any  # EvalReport of the final model
+    output: Path
+
+    def summary(self) -> str:
+        lines = [f"dataset:            {self.dataset}",
+                 f"pretrained model:   {self.pretrain.export_uri} (MLflow run {self.pretrain.run_id})",
+                 f"final model:        {self.improvement.rounds[-1].model}", "",
+                 f"{'task':<22} {'return before':>14} {'return after':>13} {'norm. before':>13} {'norm. after':>12}"]
+        for task, b in self.before.tasks.items():
+            a = self.after.tasks[task]
+            lines.append(f"{task:<22} {b.return_mean:>14.1f} {a.return_mean:>13.1f} {b.normalized_score:>13.3f} "
+                         f"{a.normalized_score:>12.3f}")
+        lines += ["", "self-improvement on the robot task:", self.improvement.table(), "",
+                  f"reports, plots, videos: {self.output}/eval-pretrain, {self.output}/eval-final, "
+                  f"{self.output}/improve"]
+        return "\n".join(lines)
+
+
+def run_local(cfg: Config, output: str | Path, *, progress: bool = True) -> LocalRun:
+    """The whole workflow on this machine: generate -> ingest -> pretrain -> evaluate -> improve -> evaluate.
+
+    Every artifact lives under `output` (a fresh directory per run, so nothing resumes by accident):
+    the dataset store, training runs, evaluation reports with plots and videos, the improvement curve.
+    """
+    from pac.evaluation import evaluate_model
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    if not cfg.storage.root.startswith("s3://"):
+        # A self-contained run: its datasets live beside its reports (the store root is a local default).
+        cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=str(output / "store")))
+    cfg.dump(output / "config.yaml")
+    log.info("1/5 generate + ingest behaviour data on %s", ", ".join(cfg.generate.tasks))
+    ref, stats = generate_dataset(cfg, "behaviour", progress=progress)
+    print(stats.table())
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=str(ref)),
+                              train=dataclasses.replace(cfg.train, output=str(output / "runs" / "pretrain")))
+    log.info("2/5 pretrain %s (%s) for %d steps", cfg.objective.method, cfg.preset, cfg.train.steps)
+    pretrain = train(cfg, run_name="pretrain")
+    log.info("3/5 evaluate the pretrained model")
+    net, model_cfg = load_model(pretrain.export_uri, cfg)
+    before = evaluate_model(net, dataclasses.replace(model_cfg, eval=cfg.eval), output_dir=output / "eval-pretrain",
+                            name="pretrained", progress=progress)
+    print(before.table())
+    log.info("4/5 self-improvement: %d round(s) of collect, ingest, finetune, evaluate", cfg.improve.iterations)
+    improve_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
+                                                                     output=str(output / "runs" / "improve")))
+    improvement = improve(improve_cfg, pretrain.export_uri, output / "improve")
+    log.info("5/5 evaluate the final model")
+    net, model_cfg = load_model(improvement.rounds[-1].model, cfg)
+    after = evaluate_model(net, dataclasses.replace(model_cfg, eval=cfg.eval), output_dir=output / "eval-final",
+                           name="final", progress=progress)
+    return LocalRun(str(ref), pretrain, before, improvement, after, output)

@@ -1,0 +1,54 @@
+"""Finetuning starts from the given weights and is linked to its parent run; improve rounds publish data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from pac.config import Config
+from pac.training.loop import train
+from pac.training.weights import load_model
+from pac.workflow import finetune, generate_dataset
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> Config:
+    cfg = Config.from_dict({
+        "preset": "tiny", "storage": {"root": str(tmp_path / "store")},
+        "generate": {"tasks": ["cartpole/balance"], "episodes_per_policy": 2, "episode_steps": 30,
+                     "qualities": ["random", "expert"]},
+        "objective": {"num_action_samples": 4},
+        "train": {"steps": 3, "global_batch_size": 8, "micro_batch_size": 8, "precision": "fp32",
+                  "output": str(tmp_path / "pretrain"), "log_every": 1},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "system_metrics": False},
+    })
+    ref, _ = generate_dataset(cfg, "behaviour", progress=False)
+    return Config.from_dict({**cfg.to_dict(), "data": {"dataset": str(ref)}})
+
+
+def test_finetune_starts_from_the_given_weights_and_names_its_parent(base: Config, tmp_path: Path) -> None:
+    pretrained = train(base, run_name="pretrain")
+    source, _ = load_model(pretrained.export_uri, base)
+    ft_cfg = Config.from_dict({**base.to_dict(), "train": {**base.to_dict()["train"], "steps": 1, "lr": 1e-12,
+                                                           "warmup_steps": 0, "output": str(tmp_path / "ft")}})
+    tuned = finetune(ft_cfg, pretrained.export_uri)
+    after, _ = load_model(tuned.export_uri, base)
+    fresh = torch.nn.utils.parameters_to_vector(type(source)(source.cfg).parameters())
+    start = torch.nn.utils.parameters_to_vector(source.parameters())
+    end = torch.nn.utils.parameters_to_vector(after.parameters())
+    assert torch.allclose(end, start, atol=1e-6)  # lr ~ 0: the finetune kept the pretrained weights
+    assert not torch.allclose(end, fresh, atol=1e-3)  # ... which are not a fresh initialisation
+    run = mlflow.MlflowClient(base.tracking.uri).get_run(tuned.run_id)
+    assert run.data.tags["mlflow.parentRunId"] == pretrained.run_id
+    assert run.data.tags["init_from"] == pretrained.export_uri
+
+
+def test_finetune_from_a_model_of_another_size_keeps_the_source_architecture(base: Config, tmp_path: Path) -> None:
+    pretrained = train(base, run_name="pretrain")
+    other = Config.from_dict({**base.to_dict(), "preset": "tiny-wide", "model": {},
+                              "train": {**base.to_dict()["train"], "steps": 1, "output": str(tmp_path / "ft")}})
+    tuned = finetune(other, pretrained.export_uri)
+    _, cfg = load_model(tuned.export_uri, base)
+    assert cfg.preset == "tiny" and cfg.model == base.model
