@@ -182,19 +182,10 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
 
 
 def generate_command(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
+    from pac.workflow import generate_dataset
 
-    from pac.data.generate import GENERATOR_VERSION, ReturnStats, check_config, generate_episodes
-    from pac.data.ingest import ingest
-
-    cfg = resolve_config(args)
-    gen = cfg.generate
-    check_config(gen)  # unknown tasks fail here, before the store is touched
-    stats = ReturnStats(gen.episode_steps)
-    source = {"kind": "generate", "generator_version": GENERATOR_VERSION,
-              **{k: ",".join(v) if isinstance(v, list) else str(v) for k, v in asdict(gen).items()}}
-    ref = ingest(generate_episodes(gen, stats=stats, progress=not args.no_progress), args.dataset,
-                 storage=cfg.storage, data=cfg.data, sources=[source], append=args.append, progress=False)
+    ref, stats = generate_dataset(resolve_config(args), args.dataset, append=args.append,
+                                  progress=not args.no_progress)
     print(stats.table(), file=sys.stderr)
     if args.uri_file:
         Path(args.uri_file).write_text(str(ref))
