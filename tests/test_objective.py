@@ -129,7 +129,7 @@ def test_temperature_is_initialised_and_stays_positive() -> None:
     t = Temperature(ObjectiveConfig(eta=1.0))
     with torch.no_grad():
         t.raw.fill_(-100.0)
-    assert float(t()) >= ObjectiveConfig().eta_min
+    assert float(t().detach()) >= ObjectiveConfig().eta_min
     assert not Temperature(ObjectiveConfig(learn_eta=False)).raw.requires_grad
 
 
