@@ -137,3 +137,39 @@ def test_unreachable_object_store_fails_before_training(monkeypatch: pytest.Monk
     with pytest.raises(OSError, match="127.0.0.1:9"):
         run_synthetic(d)
     assert time.time() - start < 60
+
+
+def test_sigterm_checkpoints_at_the_step_boundary_and_the_rerun_finishes_the_same_run(tmp_path: Path) -> None:
+    steps = 60
+    reference_cfg = cfg_dict(str(tmp_path / "full"), steps=steps, checkpoint_every=1000)
+    subprocess.run([sys.executable, str(DRIVER), "train", json.dumps(reference_cfg), str(tmp_path / "o_full")],
+                   env=driver_env(), check=True, capture_output=True, timeout=600)
+    reference = json.loads((tmp_path / "o_full" / "rank0.json").read_text())["losses"]
+
+    cfg = cfg_dict(str(tmp_path / "run"), steps=steps, checkpoint_every=1000)  # only SIGTERM saves mid-run
+    args = [sys.executable, str(DRIVER), "train", json.dumps(cfg), str(tmp_path / "o")]
+    proc = subprocess.Popen(args, env=driver_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while proc.poll() is None and time.time() < deadline:  # wait until training steps are being logged
+        line = proc.stdout.readline()
+        if "step 2/" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=300)
+    report = json.loads((tmp_path / "o" / "rank0.json").read_text())
+    assert report["preempted"] and 2 <= report["steps"] < steps
+    assert (tmp_path / "run" / "checkpoints" / f"step_{report['steps']:07d}" / "manifest.json").exists()
+    assert not (tmp_path / "run" / "export").exists()  # a preempted run exports nothing
+
+    subprocess.run(args, env=driver_env(), check=True, capture_output=True, timeout=600)
+    resumed = json.loads((tmp_path / "o" / "rank0.json").read_text())
+    assert resumed["losses"] == pytest.approx(reference[report["steps"]:], rel=1e-6)
+    assert (tmp_path / "run" / "export" / "config.json").exists()
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_activation_checkpointing_trains_the_same_as_storing_activations(tmp_path: Path, stage: int) -> None:
+    plain = run_synthetic(cfg_dict(str(tmp_path / f"plain{stage}"), steps=3, zero_stage=stage))
+    ckpt = run_synthetic(cfg_dict(str(tmp_path / f"ckpt{stage}"), steps=3, zero_stage=stage,
+                                  activation_checkpointing=True))
+    assert ckpt == pytest.approx(plain, rel=1e-5)
