@@ -89,8 +89,6 @@ _TASKS = (
              "cartpole/swingup", ("position", "velocity"), "fixed", "cartpole_swingup", 0.8),
     TaskSpec("pendulum/swingup", "pendulum", "Swing the pendulum up and hold it upright.", "suite",
              "pendulum/swingup", ("orientation", "velocity"), "fixed", "pendulum_swingup", 0.9),
-    TaskSpec("acrobot/swingup", "acrobot", "Swing the two-link acrobot up so its tip reaches the target above.",
-             "suite", "acrobot/swingup", ("orientations", "velocity"), "fixed", "mppi", 0.8),
     TaskSpec("point_mass/easy", "point_mass", "Move the point mass to the target at the centre.", "suite",
              "point_mass/easy", ("position", "velocity"), "fixed", "point_mass_lqr", 0.8, 25),
     TaskSpec("reacher/easy", "reacher", "Move the fingertip onto the large target.", "suite", "reacher/easy",
