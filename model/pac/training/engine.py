@@ -89,7 +89,11 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     if cfg.zero_stage == 3:
         # Gather parameters just in time: keep little resident so the largest preset fits on small hosts.
         zero.update(stage3_max_live_parameters=int(1e8), stage3_prefetch_bucket_size=int(5e7),
-                    stage3_param_persistence_threshold=int(1e4))
+                    stage3_param_persistence_threshold=int(1e4),
+                    # The optimizer steps one sub-group at a time, each with an fp32 gradient copy and Adam
+                    # temporaries of its size (DeepSpeed's 1e9 default: ~12 GB extra at ~1B parameters); the
+                    # gradient bucket is a resident buffer (default 5e8 elements). Measured in docs/benchmarks.md.
+                    sub_group_size=int(2e7), reduce_bucket_size=int(5e7))
     return {
         "train_batch_size": cfg.global_batch_size,
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
