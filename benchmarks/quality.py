@@ -1,0 +1,376 @@
+"""Quality benchmark: BC vs BC+Q vs PAC on mixed-quality offline data (the paper's central claim).
+
+One script, library APIs only (generate -> ingest -> train -> evaluate):
+
+1. **Data.** For each task, `--random` uniform-random, `--noisy` degraded-expert and `--expert` expert
+   episodes of `--episode-steps` steps (`pac.data.generate`, fixed seeds), ingested into one local dataset.
+   The default mix is dominated by poor data, so behaviour cloning imitates a mediocre average.
+2. **Training.** BC (alpha=1, beta=0), BC+Q (alpha=1, beta>0) and PAC (alpha<1, the `ObjectiveConfig`
+   defaults) with the SAME preset, data, seed, steps and batch size (`pac.training.loop.train`; MLflow off).
+3. **Evaluation.** Each exported policy, greedy (argmax bins, no Q-based action selection), on
+   `--eval-episodes` fixed-seed episodes per task (`pac.evaluation.evaluate_model`): normalised score
+   `(R - R_random) / (R_max - R_random)`, as everywhere in the project.
+
+Prints one table per task and the mean normalised score per method, and writes `results.json` and
+`results.md` (plus the dataset, runs and per-method evaluation reports) into `--output`.
+
+    .venv/bin/python benchmarks/quality.py --output outputs/quality          # the documented run
+    .venv/bin/python benchmarks/quality.py --output /tmp/q --steps 50 --tasks cartpole/balance \
+        --random 1 --noisy 1 --expert 1 --eval-episodes 2 --episode-steps 50    # plumbing smoke, ~1 min
+
+Runtime of the default run on 2 shared CPU cores: see `docs/quality.md` (it prints its own timings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# Defaults of the documented run (docs/quality.md): CPU-feasible in 20-40 minutes on 2 cores.
+TASKS = ("cartpole/balance", "cartpole/swingup", "point_mass/easy", "reacher/easy")
+METHODS = ("BC", "BC+Q", "PAC")
+DIAGNOSTICS = ("loss", "bc_nll", "entropy", "q_loss", "q_mean", "target_q_mean", "eta", "kl_weights",
+               "q_sampled_std", "improve_loss")
+PROBES = ("critic_expert_pct", "critic_greedy_pct", "greedy_expert_dist")
+
+log = logging.getLogger("quality")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", default="outputs/quality", help="output directory (replaced if it exists)")
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task ids (see `pac tasks`)")
+    p.add_argument("--methods", default=",".join(METHODS), help="subset of BC,BC+Q,PAC to run")
+    p.add_argument("--preset", default="tiny", help="model size preset (same for every method)")
+    p.add_argument("--steps", type=int, default=3000, help="training steps per method")
+    p.add_argument("--batch-size", type=int, default=64, help="global batch size per step")
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="peak learning rate (TrainConfig's 3e-4 learns too little in a few thousand steps)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
+                   help="training precision (fp32 is faster than bf16 autocast on most CPUs)")
+    p.add_argument("--episode-steps", type=int, default=200, help="episode length for data and evaluation")
+    p.add_argument("--random", type=int, default=12, help="uniform-random episodes per task")
+    p.add_argument("--noisy", type=int, default=6, help="noisy-expert episodes per task")
+    p.add_argument("--expert", type=int, default=2, help="expert episodes per task")
+    p.add_argument("--noisy-expert-prob", type=float, default=0.3,
+                   help="noisy policy: probability a step uses the (noised) expert action, else uniform random")
+    p.add_argument("--noisy-action-std", type=float, default=0.5,
+                   help="noisy policy: Gaussian noise on expert actions (fraction of half the action range)")
+    p.add_argument("--eval-episodes", type=int, default=10, help="evaluation episodes per task and method")
+    p.add_argument("--seed", type=int, default=0, help="seed of data generation and of training")
+    p.add_argument("--eval-seed", type=int, default=1000, help="base seed of the evaluation episodes")
+    p.add_argument("--pac-alpha", type=float, default=None, help="PAC's alpha (default: ObjectiveConfig's)")
+    p.add_argument("--bcq-beta", type=float, default=None, help="BC+Q's beta (default: ObjectiveConfig's)")
+    p.add_argument("--objective", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an ObjectiveConfig field for every method (repeatable), e.g. epsilon=0.05")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1: on a shared 2-core machine more threads oversubscribe and run slower)")
+    p.add_argument("--log-every", type=int, default=250, help="training log interval (steps)")
+    args = p.parse_args(argv)
+    args.tasks = [t for t in args.tasks.split(",") if t]
+    args.methods = [m for m in args.methods.split(",") if m]
+    unknown = sorted(set(args.methods) - set(METHODS))
+    if unknown:
+        p.error(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
+    if args.random + args.noisy + args.expert < 1:
+        p.error("--random/--noisy/--expert: need at least one episode per task")
+    return args
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def generate(args: argparse.Namespace, stats: Any) -> Iterator[Any]:
+    """Episodes of every task and quality, with per-quality counts (one `GenerateConfig` per quality)."""
+    from pac.config import GenerateConfig
+    from pac.data.generate import generate_episodes
+
+    for quality, count in (("random", args.random), ("noisy", args.noisy), ("expert", args.expert)):
+        if count == 0:
+            continue
+        cfg = GenerateConfig(tasks=list(args.tasks), episodes_per_policy=count, qualities=[quality],
+                             episode_steps=args.episode_steps, seed=args.seed,
+                             noisy_expert_prob=args.noisy_expert_prob, noisy_action_std=args.noisy_action_std)
+        yield from generate_episodes(cfg, stats=stats, progress=False)
+
+
+def discounted_returns(rewards: np.ndarray, discount: float) -> np.ndarray:
+    """Monte-Carlo discounted return-to-go of every step (truncated at the episode's end)."""
+    out = np.zeros(len(rewards), np.float64)
+    acc = 0.0
+    for t in range(len(rewards) - 1, -1, -1):
+        acc = float(rewards[t]) + discount * acc
+        out[t] = acc
+    return out
+
+
+@dataclass
+class ExpertStates:
+    """States of a task's expert episodes and the expert's normalised actions there (the critic probe)."""
+
+    instruction: str
+    proprio: np.ndarray  # (N, P)
+    actions: np.ndarray  # (N, A) in [-1, 1]
+
+
+def build_dataset(args: argparse.Namespace, root: Path,
+                  discount: float) -> tuple[str, dict[str, Any], dict[str, ExpertStates]]:
+    """Generate and ingest the mixed dataset; returns its URI, per-task/quality statistics and expert states."""
+    from pac.config import StorageConfig
+    from pac.data.generate import ReturnStats
+    from pac.data.ingest import ingest
+    from pac.inputs import normalize_action
+
+    stats = ReturnStats(args.episode_steps)
+    rtg: dict[str, list[np.ndarray]] = {}
+    experts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+    instructions: dict[str, str] = {}
+
+    def tap() -> Iterator[Any]:
+        for ep in generate(args, stats):
+            rtg.setdefault(ep.task, []).append(discounted_returns(ep.rewards, discount))
+            if ep.quality == "expert":
+                experts.setdefault(ep.task, []).append(
+                    (ep.proprio[:-1], normalize_action(ep.actions, ep.action_low, ep.action_high)))
+                instructions[ep.task] = ep.instruction
+            yield ep
+
+    ref = ingest(tap(), "mixed", storage=StorageConfig(root=str(root / "store")), progress=False)
+    summary = {f"{task}|{quality}": {"episodes": len(r), "return_mean": float(np.mean(r)),
+                                     "return_std": float(np.std(r))}
+               for (task, quality), r in stats.returns.items()}
+    # The Monte-Carlo discounted return of the behaviour data: what q_mean (Q of data actions) estimates,
+    # up to bootstrapping past truncated episode ends.
+    mc = {task: float(np.concatenate(v).mean()) for task, v in rtg.items()}
+    probe = {task: ExpertStates(instructions[task], np.concatenate([p for p, _ in v]),
+                                np.concatenate([a for _, a in v])) for task, v in experts.items()}
+    return str(ref), {"returns": summary, "table": stats.table(), "mc_discounted_return": mc}, probe
+
+
+def probe_network(net: Any, probes: dict[str, ExpertStates], samples: int = 32, states: int = 256,
+                  seed: int = 0) -> dict[str, float]:
+    """How the critic ranks the expert's actions, and how close the greedy policy acts to the expert.
+
+    On (up to `states`) states of the expert episodes of each task, averaged over tasks:
+    - `critic_expert_pct`: fraction of `samples` uniform random actions whose expected Q is below the
+      expert action's (0.5: the critic cannot tell them apart; 1: the expert action always ranks first);
+    - `critic_greedy_pct`: the same for the greedy policy's action (what the policy exploits);
+    - `greedy_expert_dist`: mean |greedy action - expert action| in normalised units (uniform: ~0.67).
+    """
+    import torch
+    from pac.inputs import Observation
+    from pac.networks import bins_to_action, expected_value, value_support
+
+    out: dict[str, list[float]] = {"critic_expert_pct": [], "critic_greedy_pct": [], "greedy_expert_dist": []}
+    gen = torch.Generator().manual_seed(seed)
+    support = value_support(net.cfg)
+    with torch.no_grad():
+        for probe in probes.values():
+            idx = np.linspace(0, len(probe.proprio) - 1, min(states, len(probe.proprio))).astype(int)
+            obs = Observation.from_numpy(list(probe.proprio[idx]), [probe.instruction] * len(idx),
+                                         net.cfg.max_text_tokens)
+            expert = torch.from_numpy(probe.actions[idx])  # (N, A)
+            n, a = expert.shape
+            z = net.encode(obs)
+            greedy = bins_to_action(net.policy_logits(z, a).argmax(-1), net.cfg.action_bins)  # (N, A)
+            uniform = torch.rand(n, samples, a, generator=gen) * 2 - 1
+            cand = torch.cat([expert[:, None], greedy[:, None], uniform], 1)  # (N, 2+S, A)
+            q = expected_value(net.q_logits(z, cand, torch.ones(n, a, dtype=torch.bool)), support)  # (N, 2+S)
+            rest = q[:, 2:]
+            for key, col in (("critic_expert_pct", 0), ("critic_greedy_pct", 1)):
+                pct = (q[:, col:col + 1] > rest).float() + 0.5 * (q[:, col:col + 1] == rest).float()
+                out[key].append(float(pct.mean()))
+            out["greedy_expert_dist"].append(float((greedy - expert).abs().mean()))
+    return {k: float(np.mean(v)) for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
+def method_config(args: argparse.Namespace, method: str, dataset: str, root: Path) -> Any:
+    """The resolved `Config` of one method: identical for all methods except alpha/beta."""
+    from pac.config import Config, EvalConfig, ObjectiveConfig, StorageConfig, TrackingConfig, TrainConfig
+    from pac.config import DataConfig as Data
+    from pac.presets import model_config
+
+    overrides: dict[str, Any] = {}
+    for item in args.objective:
+        key, _, value = item.partition("=")
+        overrides[key] = value
+    base = dataclasses.asdict(ObjectiveConfig())
+    base.update(overrides)
+    if method == "BC":
+        base.update(alpha=1.0, beta=0.0)
+    elif method == "BC+Q":
+        base["alpha"] = 1.0
+        if args.bcq_beta is not None:
+            base["beta"] = args.bcq_beta
+    elif args.pac_alpha is not None:
+        base["alpha"] = args.pac_alpha
+    train = {"steps": args.steps, "global_batch_size": args.batch_size, "micro_batch_size": args.batch_size,
+             "precision": args.precision, "output": str(root / "runs" / method.replace("+", "_")),
+             "checkpoint_every": args.steps, "keep_checkpoints": 1, "log_every": args.log_every, "resume": False,
+             "lr": args.lr}
+    cfg = Config.from_dict({
+        "preset": args.preset, "seed": args.seed, "model": dataclasses.asdict(model_config(args.preset)),
+        "objective": base, "data": dataclasses.asdict(Data(dataset=dataset, tasks=list(args.tasks))),
+        "train": {**dataclasses.asdict(TrainConfig()), **train},
+        "eval": {**dataclasses.asdict(EvalConfig()),
+                 "tasks": list(args.tasks), "episodes": args.eval_episodes, "num_envs": args.eval_episodes,
+                 "episode_steps": args.episode_steps, "greedy": True, "q_select_samples": 0, "video": False,
+                 "seed": args.eval_seed},
+        "storage": dataclasses.asdict(StorageConfig(root=str(root / "store"))),
+        "tracking": dataclasses.asdict(TrackingConfig(enabled=False)),
+    })
+    if cfg.objective.method != method:
+        raise SystemExit(f"{method}: the objective overrides make it {cfg.objective.method} (alpha="
+                         f"{cfg.objective.alpha}, beta={cfg.objective.beta}); fix --objective/--pac-alpha/--bcq-beta")
+    return cfg
+
+
+def tail_means(history: list[dict[str, float]], frac: float = 0.1) -> dict[str, float]:
+    """Mean of each diagnostic metric over the last `frac` of training steps."""
+    tail = history[-max(1, int(len(history) * frac)):]
+    return {k: float(np.mean([h[k] for h in tail])) for k in DIAGNOSTICS if k in tail[0]}
+
+
+def run_method(args: argparse.Namespace, method: str, dataset: str, root: Path,
+               probes: dict[str, ExpertStates]) -> dict[str, Any]:
+    """Train one method, evaluate its export; returns its report, diagnostics and timings."""
+    from pac.evaluation import evaluate_model, load_policy_model
+    from pac.training.loop import train
+
+    cfg = method_config(args, method, dataset, root)
+    shutil.rmtree(cfg.train.output, ignore_errors=True)
+    o = cfg.objective
+    print(f"\n== {method}: alpha={o.alpha} beta={o.beta} eta={o.eta} learn_eta={o.learn_eta} epsilon={o.epsilon} "
+          f"K={o.num_action_samples} n_step={o.n_step} | {cfg.preset}, {cfg.train.steps} steps x batch "
+          f"{cfg.train.global_batch_size}", flush=True)
+    t0 = time.perf_counter()
+    result = train(cfg, run_name=method)
+    t_train = time.perf_counter() - t0
+    diag = tail_means(result.history)
+    print(f"   trained in {t_train / 60:.1f} min; last-10% means: "
+          + " ".join(f"{k}={v:.4g}" for k, v in diag.items()), flush=True)
+    net, saved = load_policy_model(result.export_uri)
+    diag.update(probe_network(net, probes, seed=args.seed))
+    print("   probe on expert states: " + " ".join(f"{k}={diag[k]:.3f}" for k in PROBES), flush=True)
+    t1 = time.perf_counter()
+    report = evaluate_model(net, saved, output_dir=root / "eval" / method.replace("+", "_"), name=method)
+    t_eval = time.perf_counter() - t1
+    print(f"   evaluated in {t_eval / 60:.1f} min: mean normalised score {report.mean_normalized_score:.3f}",
+          flush=True)
+    return {"method": method, "objective": dataclasses.asdict(o), "report": report.to_dict(),
+            "diagnostics": diag, "train_s": t_train, "eval_s": t_eval,
+            "history": [{k: h[k] for k in DIAGNOSTICS if k in h} for h in result.history[:: max(1, args.log_every)]]}
+
+
+# --------------------------------------------------------------------------------------------- tables
+
+
+def task_table(task: str, results: dict[str, dict[str, Any]]) -> str:
+    """Markdown table of one task: a row per method."""
+    lines = [f"### {task}", "", "| method | return (95% CI) | random | max | normalised (95% CI) | success |",
+             "|---|---|---:|---:|---|---:|"]
+    for method, res in results.items():
+        r = res["report"]["tasks"][task]
+        ci = r["return_ci95"]
+        nci = r["normalized_ci95"]
+        success = "n/a" if r["success_rate"] is None else f"{r['success_rate']:.0%}"
+        lines.append(f"| {method} | {r['return_mean']:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+                     + f" | {r['random_return_mean']:.1f} | {r['max_return']:.0f} | {r['normalized_score']:.3f}"
+                     + (f" [{nci[0]:.3f}, {nci[1]:.3f}]" if nci else "") + f" | {success} |")
+    return "\n".join(lines)
+
+
+def summary_table(results: dict[str, dict[str, Any]], tasks: Sequence[str]) -> str:
+    """Markdown table: normalised score per task and the mean, a row per method."""
+    head = "| method | " + " | ".join(tasks) + " | **mean** |"
+    lines = [head, "|---|" + "---:|" * (len(tasks) + 1)]
+    for method, res in results.items():
+        scores = [res["report"]["tasks"][t]["normalized_score"] for t in tasks]
+        lines.append(f"| {method} | " + " | ".join(f"{s:.3f}" for s in scores)
+                     + f" | **{res['report']['summary']['normalized_score_mean']:.3f}** |")
+    return "\n".join(lines)
+
+
+def diagnostics_table(results: dict[str, dict[str, Any]], mc: dict[str, float]) -> str:
+    """Markdown table of the training diagnostics (last 10% of steps) per method."""
+    keys = [k for k in (*DIAGNOSTICS, *PROBES) if any(k in r["diagnostics"] for r in results.values())]
+    lines = ["| method | " + " | ".join(keys) + " | train min |", "|---|" + "---:|" * (len(keys) + 1)]
+    for method, res in results.items():
+        d = res["diagnostics"]
+        lines.append(f"| {method} | " + " | ".join(f"{d[k]:.4g}" if k in d else "" for k in keys)
+                     + f" | {res['train_s'] / 60:.1f} |")
+    lines.append("")
+    lines.append("Monte-Carlo discounted return-to-go of the data (what `q_mean` estimates, truncated episodes "
+                 "excepted): " + ", ".join(f"{t} {v:.1f}" for t, v in mc.items()))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import torch
+
+    torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("absl", "OpenGL", "deepspeed", "DeepSpeed", "matplotlib", "pac.data", "pac.evaluation"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    from pac.config import ObjectiveConfig
+
+    root = Path(args.output)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    start = time.perf_counter()
+    discount = float(dict(a.split("=", 1) for a in args.objective).get("discount", ObjectiveConfig.discount))
+    print(f"generating {args.random} random + {args.noisy} noisy + {args.expert} expert episodes x "
+          f"{args.episode_steps} steps for {len(args.tasks)} task(s)", flush=True)
+    dataset, data, probes = build_dataset(args, root, discount)
+    t_data = time.perf_counter() - start
+    print(data["table"], flush=True)
+    print(f"dataset {dataset} in {t_data:.0f}s", flush=True)
+
+    results: dict[str, dict[str, Any]] = {}
+    for method in args.methods:
+        results[method] = run_method(args, method, dataset, root, probes)
+    total = time.perf_counter() - start
+
+    command = "benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    md = ["# Quality benchmark: BC vs BC+Q vs PAC on mixed-quality data", "",
+          f"Command: `.venv/bin/python {command}`", "",
+          f"Runtime: {total / 60:.1f} min total (data {t_data:.0f}s; "
+          + ", ".join(f"{m} train {r['train_s'] / 60:.1f} + eval {r['eval_s'] / 60:.1f} min"
+                      for m, r in results.items()) + ")", "",
+          "## Mean normalised score (0 = uniform random, 1 = maximum return)", "",
+          summary_table(results, args.tasks), "", "## Per task", ""]
+    for task in args.tasks:
+        md += [task_table(task, results), ""]
+    md += ["## Training data", "", "```", data["table"], "```", "",
+           "## Training diagnostics (mean over the last 10% of steps)", "",
+           diagnostics_table(results, data["mc_discounted_return"]), ""]
+    text = "\n".join(md)
+    (root / "results.md").write_text(text)
+    (root / "results.json").write_text(json.dumps({
+        "command": command, "args": vars(args), "dataset": dataset, "data": data, "runtime_s": total,
+        "data_s": t_data, "methods": results}, indent=2) + "\n")
+    print("\n" + text)
+    print(f"wrote {root / 'results.md'} and {root / 'results.json'} ({total / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

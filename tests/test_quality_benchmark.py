@@ -1,0 +1,96 @@
+"""The quality benchmark (`benchmarks/quality.py`): its tables, a toy-budget run of the plumbing, and (heavy)
+a reduced-budget run of the real comparison."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+
+
+def load_benchmark() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("quality_benchmark", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def quality() -> ModuleType:
+    return load_benchmark()
+
+
+def fake_result(score: float, success: float | None = 0.5) -> dict:
+    task = {"return_mean": 10.0 * score, "return_ci95": [1.0, 2.0], "random_return_mean": 0.5, "max_return": 100.0,
+            "normalized_score": score, "normalized_ci95": [score - 0.1, score + 0.1], "success_rate": success}
+    return {"report": {"tasks": {"a/b": task}, "summary": {"normalized_score_mean": score}},
+            "diagnostics": {"bc_nll": 1.0, "eta": 0.5}, "train_s": 60.0, "eval_s": 6.0}
+
+
+def test_tables_have_one_row_per_method(quality: ModuleType) -> None:
+    results = {"BC": fake_result(0.25), "PAC": fake_result(0.75, None)}
+    summary = quality.summary_table(results, ["a/b"])
+    assert "| BC | 0.250 | **0.250** |" in summary and "| PAC | 0.750 | **0.750** |" in summary
+    task = quality.task_table("a/b", results)
+    assert task.startswith("### a/b") and "| PAC | 7.5 [1.0, 2.0] | 0.5 | 100 | 0.750 [0.650, 0.850] | n/a |" in task
+    diag = quality.diagnostics_table(results, {"a/b": 3.0})
+    assert "| BC | 1 | 0.5 | 1.0 |" in diag and "a/b 3.0" in diag
+
+
+def test_discounted_returns(quality: ModuleType) -> None:
+    import numpy as np
+
+    np.testing.assert_allclose(quality.discounted_returns(np.array([1.0, 0.0, 2.0]), 0.5), [1.5, 1.0, 2.0])
+
+
+def test_methods_differ_only_in_alpha_and_beta(quality: ModuleType, tmp_path: Path) -> None:
+    args = quality.parse_args(["--output", str(tmp_path), "--tasks", "cartpole/balance"])
+    cfgs = {m: quality.method_config(args, m, "mixed", tmp_path) for m in quality.METHODS}
+    assert {m: c.objective.method for m, c in cfgs.items()} == {m: m for m in quality.METHODS}
+    for c in cfgs.values():
+        same = (c.preset, c.seed, c.model, c.data, c.eval, c.train.steps, c.train.global_batch_size, c.train.lr)
+        ref = cfgs["PAC"]
+        assert same == (ref.preset, ref.seed, ref.model, ref.data, ref.eval, ref.train.steps,
+                        ref.train.global_batch_size, ref.train.lr)
+        assert not c.tracking.enabled and c.eval.greedy and c.eval.q_select_samples == 0
+    assert cfgs["BC"].objective.beta == 0.0 and cfgs["BC+Q"].objective.beta > 0 and cfgs["PAC"].objective.alpha < 1
+
+
+def test_toy_budget_run_writes_the_tables(quality: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "q"
+    rc = quality.main(["--output", str(out), "--tasks", "cartpole/balance", "--steps", "3", "--batch-size", "8",
+                       "--episode-steps", "10", "--random", "1", "--noisy", "1", "--expert", "1",
+                       "--eval-episodes", "1", "--log-every", "1"])
+    assert rc == 0
+    md = (out / "results.md").read_text()
+    for method in quality.METHODS:
+        assert f"| {method} |" in md
+    assert "### cartpole/balance" in md and "**mean**" in md
+    data = json.loads((out / "results.json").read_text())
+    assert set(data["methods"]) == set(quality.METHODS)
+    for res in data["methods"].values():
+        assert res["report"]["tasks"]["cartpole/balance"]["episodes"] == 1
+
+
+@pytest.mark.heavy
+def test_reduced_budget_benchmark_produces_the_table(quality: ModuleType, tmp_path: Path) -> None:
+    """The real comparison on two tasks at a reduced budget (~10 minutes on 2 CPU cores)."""
+    out = tmp_path / "q"
+    rc = quality.main(["--output", str(out), "--tasks", "cartpole/balance,reacher/easy", "--steps", "600",
+                       "--eval-episodes", "4", "--episode-steps", "100"])
+    assert rc == 0
+    data = json.loads((out / "results.json").read_text())
+    for res in data["methods"].values():
+        for task in ("cartpole/balance", "reacher/easy"):
+            r = res["report"]["tasks"][task]
+            assert r["episodes"] == 4 and -2.0 < r["normalized_score"] < 1.5
+    md = (out / "results.md").read_text()
+    assert "## Mean normalised score" in md and "## Training diagnostics" in md
