@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 
 # Defaults of the documented run (docs/quality.md): CPU-feasible in 20-40 minutes on 2 cores.
-TASKS = ("cartpole/balance", "cartpole/swingup", "point_mass/easy", "reacher/easy")
+TASKS = ("cartpole/balance", "cartpole/swingup", "reacher/easy")
 METHODS = ("BC", "BC+Q", "PAC")
 DIAGNOSTICS = ("loss", "bc_nll", "entropy", "q_loss", "q_mean", "target_q_mean", "eta", "kl_weights",
                "q_sampled_std", "improve_loss")
@@ -61,15 +61,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
                    help="training precision (fp32 is faster than bf16 autocast on most CPUs)")
     p.add_argument("--episode-steps", type=int, default=200, help="episode length for data and evaluation")
-    p.add_argument("--random", type=int, default=12, help="uniform-random episodes per task")
-    p.add_argument("--noisy", type=int, default=6, help="noisy-expert episodes per task")
+    p.add_argument("--random", type=int, default=4, help="uniform-random episodes per task")
+    p.add_argument("--noisy", type=int, default=14, help="noisy-expert episodes per task")
     p.add_argument("--expert", type=int, default=2, help="expert episodes per task")
     p.add_argument("--noisy-expert-prob", type=float, default=0.3,
                    help="noisy policy: probability a step uses the (noised) expert action, else uniform random")
     p.add_argument("--noisy-action-std", type=float, default=0.5,
                    help="noisy policy: Gaussian noise on expert actions (fraction of half the action range)")
     p.add_argument("--eval-episodes", type=int, default=10, help="evaluation episodes per task and method")
-    p.add_argument("--seed", type=int, default=0, help="seed of data generation and of training")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the generated episodes")
+    p.add_argument("--seeds", default="0,1",
+                   help="training seeds: every method trains once per seed (initial weights, batches, action samples)")
     p.add_argument("--eval-seed", type=int, default=1000, help="base seed of the evaluation episodes")
     p.add_argument("--pac-alpha", type=float, default=None, help="PAC's alpha (default: ObjectiveConfig's)")
     p.add_argument("--bcq-beta", type=float, default=None, help="BC+Q's beta (default: ObjectiveConfig's)")
@@ -81,6 +83,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.methods = [m for m in args.methods.split(",") if m]
+    try:
+        args.seeds = [int(x) for x in args.seeds.split(",") if x]
+    except ValueError:
+        p.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
+    if not args.seeds:
+        p.error("--seeds: name at least one seed")
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         p.error(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
@@ -101,7 +109,7 @@ def generate(args: argparse.Namespace, stats: Any) -> Iterator[Any]:
         if count == 0:
             continue
         cfg = GenerateConfig(tasks=list(args.tasks), episodes_per_policy=count, qualities=[quality],
-                             episode_steps=args.episode_steps, seed=args.seed,
+                             episode_steps=args.episode_steps, seed=args.data_seed,
                              noisy_expert_prob=args.noisy_expert_prob, noisy_action_std=args.noisy_action_std)
         yield from generate_episodes(cfg, stats=stats, progress=False)
 
@@ -199,8 +207,12 @@ def probe_network(net: Any, probes: dict[str, ExpertStates], samples: int = 32, 
 # --------------------------------------------------------------------------------------------- training
 
 
-def method_config(args: argparse.Namespace, method: str, dataset: str, root: Path) -> Any:
-    """The resolved `Config` of one method: identical for all methods except alpha/beta."""
+def run_name(method: str, seed: int) -> str:
+    return f"{method.replace('+', '_')}_s{seed}"
+
+
+def method_config(args: argparse.Namespace, method: str, seed: int, dataset: str, root: Path) -> Any:
+    """The resolved `Config` of one method and training seed: identical for all methods except alpha/beta."""
     from pac.config import Config, EvalConfig, ObjectiveConfig, StorageConfig, TrackingConfig, TrainConfig
     from pac.config import DataConfig as Data
     from pac.presets import model_config
@@ -220,11 +232,11 @@ def method_config(args: argparse.Namespace, method: str, dataset: str, root: Pat
     elif args.pac_alpha is not None:
         base["alpha"] = args.pac_alpha
     train = {"steps": args.steps, "global_batch_size": args.batch_size, "micro_batch_size": args.batch_size,
-             "precision": args.precision, "output": str(root / "runs" / method.replace("+", "_")),
+             "precision": args.precision, "output": str(root / "runs" / run_name(method, seed)),
              "checkpoint_every": args.steps, "keep_checkpoints": 1, "log_every": args.log_every, "resume": False,
              "lr": args.lr}
     cfg = Config.from_dict({
-        "preset": args.preset, "seed": args.seed, "model": dataclasses.asdict(model_config(args.preset)),
+        "preset": args.preset, "seed": seed, "model": dataclasses.asdict(model_config(args.preset)),
         "objective": base, "data": dataclasses.asdict(Data(dataset=dataset, tasks=list(args.tasks))),
         "train": {**dataclasses.asdict(TrainConfig()), **train},
         "eval": {**dataclasses.asdict(EvalConfig()),
@@ -246,33 +258,34 @@ def tail_means(history: list[dict[str, float]], frac: float = 0.1) -> dict[str, 
     return {k: float(np.mean([h[k] for h in tail])) for k in DIAGNOSTICS if k in tail[0]}
 
 
-def run_method(args: argparse.Namespace, method: str, dataset: str, root: Path,
+def run_method(args: argparse.Namespace, method: str, seed: int, dataset: str, root: Path,
                probes: dict[str, ExpertStates]) -> dict[str, Any]:
-    """Train one method, evaluate its export; returns its report, diagnostics and timings."""
+    """Train one method with one seed, evaluate its export; returns its report, diagnostics and timings."""
     from pac.evaluation import evaluate_model, load_policy_model
     from pac.training.loop import train
 
-    cfg = method_config(args, method, dataset, root)
+    cfg = method_config(args, method, seed, dataset, root)
     shutil.rmtree(cfg.train.output, ignore_errors=True)
     o = cfg.objective
-    print(f"\n== {method}: alpha={o.alpha} beta={o.beta} eta={o.eta} learn_eta={o.learn_eta} epsilon={o.epsilon} "
-          f"K={o.num_action_samples} n_step={o.n_step} | {cfg.preset}, {cfg.train.steps} steps x batch "
-          f"{cfg.train.global_batch_size}", flush=True)
+    print(f"\n== {method} seed {seed}: alpha={o.alpha} beta={o.beta} eta={o.eta} learn_eta={o.learn_eta} "
+          f"epsilon={o.epsilon} K={o.num_action_samples} n_step={o.n_step} tau={o.polyak_tau} | {cfg.preset}, "
+          f"{cfg.train.steps} steps x batch {cfg.train.global_batch_size}", flush=True)
     t0 = time.perf_counter()
-    result = train(cfg, run_name=method)
+    result = train(cfg, run_name=run_name(method, seed))
     t_train = time.perf_counter() - t0
     diag = tail_means(result.history)
     print(f"   trained in {t_train / 60:.1f} min; last-10% means: "
           + " ".join(f"{k}={v:.4g}" for k, v in diag.items()), flush=True)
     net, saved = load_policy_model(result.export_uri)
-    diag.update(probe_network(net, probes, seed=args.seed))
+    diag.update(probe_network(net, probes, seed=args.data_seed))
     print("   probe on expert states: " + " ".join(f"{k}={diag[k]:.3f}" for k in PROBES), flush=True)
     t1 = time.perf_counter()
-    report = evaluate_model(net, saved, output_dir=root / "eval" / method.replace("+", "_"), name=method)
+    report = evaluate_model(net, saved, output_dir=root / "eval" / run_name(method, seed),
+                            name=f"{method} seed {seed}")
     t_eval = time.perf_counter() - t1
     print(f"   evaluated in {t_eval / 60:.1f} min: mean normalised score {report.mean_normalized_score:.3f}",
           flush=True)
-    return {"method": method, "objective": dataclasses.asdict(o), "report": report.to_dict(),
+    return {"method": method, "seed": seed, "objective": dataclasses.asdict(o), "report": report.to_dict(),
             "diagnostics": diag, "train_s": t_train, "eval_s": t_eval,
             "history": [{k: h[k] for k in DIAGNOSTICS if k in h} for h in result.history[:: max(1, args.log_every)]]}
 
@@ -280,40 +293,53 @@ def run_method(args: argparse.Namespace, method: str, dataset: str, root: Path,
 # --------------------------------------------------------------------------------------------- tables
 
 
-def task_table(task: str, results: dict[str, dict[str, Any]]) -> str:
-    """Markdown table of one task: a row per method."""
-    lines = [f"### {task}", "", "| method | return (95% CI) | random | max | normalised (95% CI) | success |",
-             "|---|---|---:|---:|---|---:|"]
-    for method, res in results.items():
-        r = res["report"]["tasks"][task]
-        ci = r["return_ci95"]
-        nci = r["normalized_ci95"]
-        success = "n/a" if r["success_rate"] is None else f"{r['success_rate']:.0%}"
-        lines.append(f"| {method} | {r['return_mean']:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
-                     + f" | {r['random_return_mean']:.1f} | {r['max_return']:.0f} | {r['normalized_score']:.3f}"
-                     + (f" [{nci[0]:.3f}, {nci[1]:.3f}]" if nci else "") + f" | {success} |")
+def seed_mean(runs: dict[int, dict[str, Any]], task: str | None = None) -> float:
+    """Normalised score (of one task, or the mean over tasks) averaged over a method's seeds."""
+    if task is None:
+        return float(np.mean([r["report"]["summary"]["normalized_score_mean"] for r in runs.values()]))
+    return float(np.mean([r["report"]["tasks"][task]["normalized_score"] for r in runs.values()]))
+
+
+def task_table(task: str, results: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """Markdown table of one task: a row per method and seed, then the mean over seeds."""
+    lines = [f"### {task}", "", "| method | seed | return (95% CI) | random | max | normalised (95% CI) | success |",
+             "|---|---|---|---:|---:|---|---:|"]
+    for method, runs in results.items():
+        for seed, res in runs.items():
+            r = res["report"]["tasks"][task]
+            ci, nci = r["return_ci95"], r["normalized_ci95"]
+            success = "n/a" if r["success_rate"] is None else f"{r['success_rate']:.0%}"
+            lines.append(f"| {method} | {seed} | {r['return_mean']:.1f}"
+                         + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+                         + f" | {r['random_return_mean']:.1f} | {r['max_return']:.0f} | {r['normalized_score']:.3f}"
+                         + (f" [{nci[0]:.3f}, {nci[1]:.3f}]" if nci else "") + f" | {success} |")
+        if len(runs) > 1:
+            lines.append(f"| **{method}** | mean | | | | **{seed_mean(runs, task):.3f}** | |")
     return "\n".join(lines)
 
 
-def summary_table(results: dict[str, dict[str, Any]], tasks: Sequence[str]) -> str:
-    """Markdown table: normalised score per task and the mean, a row per method."""
-    head = "| method | " + " | ".join(tasks) + " | **mean** |"
-    lines = [head, "|---|" + "---:|" * (len(tasks) + 1)]
-    for method, res in results.items():
-        scores = [res["report"]["tasks"][t]["normalized_score"] for t in tasks]
-        lines.append(f"| {method} | " + " | ".join(f"{s:.3f}" for s in scores)
-                     + f" | **{res['report']['summary']['normalized_score_mean']:.3f}** |")
+def summary_table(results: dict[str, dict[int, dict[str, Any]]], tasks: Sequence[str]) -> str:
+    """Markdown table: per method, the normalised score of each task and their mean (averaged over seeds),
+    and the mean of each seed."""
+    head = "| method | " + " | ".join(tasks) + " | **mean** | per seed |"
+    lines = [head, "|---|" + "---:|" * (len(tasks) + 1) + "---|"]
+    for method, runs in results.items():
+        per_seed = ", ".join(f"{r['report']['summary']['normalized_score_mean']:.3f}" for r in runs.values())
+        lines.append(f"| {method} | " + " | ".join(f"{seed_mean(runs, t):.3f}" for t in tasks)
+                     + f" | **{seed_mean(runs):.3f}** | {per_seed} |")
     return "\n".join(lines)
 
 
-def diagnostics_table(results: dict[str, dict[str, Any]], mc: dict[str, float]) -> str:
-    """Markdown table of the training diagnostics (last 10% of steps) per method."""
-    keys = [k for k in (*DIAGNOSTICS, *PROBES) if any(k in r["diagnostics"] for r in results.values())]
-    lines = ["| method | " + " | ".join(keys) + " | train min |", "|---|" + "---:|" * (len(keys) + 1)]
-    for method, res in results.items():
-        d = res["diagnostics"]
-        lines.append(f"| {method} | " + " | ".join(f"{d[k]:.4g}" if k in d else "" for k in keys)
-                     + f" | {res['train_s'] / 60:.1f} |")
+def diagnostics_table(results: dict[str, dict[int, dict[str, Any]]], mc: dict[str, float]) -> str:
+    """Markdown table of the training diagnostics (last 10% of steps) and the probe, per method and seed."""
+    every = [r for runs in results.values() for r in runs.values()]
+    keys = [k for k in (*DIAGNOSTICS, *PROBES) if any(k in r["diagnostics"] for r in every)]
+    lines = ["| method | seed | " + " | ".join(keys) + " | train min |", "|---|---|" + "---:|" * (len(keys) + 1)]
+    for method, runs in results.items():
+        for seed, res in runs.items():
+            d = res["diagnostics"]
+            lines.append(f"| {method} | {seed} | " + " | ".join(f"{d[k]:.4g}" if k in d else "" for k in keys)
+                         + f" | {res['train_s'] / 60:.1f} |")
     lines.append("")
     lines.append("Monte-Carlo discounted return-to-go of the data (what `q_mean` estimates, truncated episodes "
                  "excepted): " + ", ".join(f"{t} {v:.1f}" for t, v in mc.items()))
@@ -344,17 +370,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(data["table"], flush=True)
     print(f"dataset {dataset} in {t_data:.0f}s", flush=True)
 
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, dict[int, dict[str, Any]]] = {}
     for method in args.methods:
-        results[method] = run_method(args, method, dataset, root, probes)
+        for seed in args.seeds:
+            results.setdefault(method, {})[seed] = run_method(args, method, seed, dataset, root, probes)
     total = time.perf_counter() - start
 
     command = "benchmarks/quality.py " + " ".join(sys.argv[1:] if argv is None else argv)
     md = ["# Quality benchmark: BC vs BC+Q vs PAC on mixed-quality data", "",
           f"Command: `.venv/bin/python {command}`", "",
           f"Runtime: {total / 60:.1f} min total (data {t_data:.0f}s; "
-          + ", ".join(f"{m} train {r['train_s'] / 60:.1f} + eval {r['eval_s'] / 60:.1f} min"
-                      for m, r in results.items()) + ")", "",
+          + ", ".join(f"{m} train {sum(r['train_s'] for r in runs.values()) / 60:.1f} + eval "
+                      f"{sum(r['eval_s'] for r in runs.values()) / 60:.1f} min" for m, runs in results.items())
+          + f"; {len(args.seeds)} seed(s) per method)", "",
           "## Mean normalised score (0 = uniform random, 1 = maximum return)", "",
           summary_table(results, args.tasks), "", "## Per task", ""]
     for task in args.tasks:
@@ -366,7 +394,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     (root / "results.md").write_text(text)
     (root / "results.json").write_text(json.dumps({
         "command": command, "args": vars(args), "dataset": dataset, "data": data, "runtime_s": total,
-        "data_s": t_data, "methods": results}, indent=2) + "\n")
+        "data_s": t_data, "summary": {m: {"normalized_score_mean": seed_mean(runs),
+                                          "tasks": {t: seed_mean(runs, t) for t in args.tasks}}
+                                      for m, runs in results.items()},
+        "methods": {m: {str(k): v for k, v in runs.items()} for m, runs in results.items()}}, indent=2) + "\n")
     print("\n" + text)
     print(f"wrote {root / 'results.md'} and {root / 'results.json'} ({total / 60:.1f} min)")
     return 0

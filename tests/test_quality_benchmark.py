@@ -10,6 +10,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
 
@@ -35,14 +36,16 @@ def fake_result(score: float, success: float | None = 0.5) -> dict:
             "diagnostics": {"bc_nll": 1.0, "eta": 0.5}, "train_s": 60.0, "eval_s": 6.0}
 
 
-def test_tables_have_one_row_per_method(quality: ModuleType) -> None:
-    results = {"BC": fake_result(0.25), "PAC": fake_result(0.75, None)}
+def test_tables_have_a_row_per_method_and_seed(quality: ModuleType) -> None:
+    results = {"BC": {0: fake_result(0.25), 1: fake_result(0.35)}, "PAC": {0: fake_result(0.75, None)}}
     summary = quality.summary_table(results, ["a/b"])
-    assert "| BC | 0.250 | **0.250** |" in summary and "| PAC | 0.750 | **0.750** |" in summary
+    assert "| BC | 0.300 | **0.300** | 0.250, 0.350 |" in summary and "| PAC | 0.750 | **0.750** | 0.750 |" in summary
     task = quality.task_table("a/b", results)
-    assert task.startswith("### a/b") and "| PAC | 7.5 [1.0, 2.0] | 0.5 | 100 | 0.750 [0.650, 0.850] | n/a |" in task
+    assert task.startswith("### a/b") and "| **BC** | mean | | | | **0.300** | |" in task
+    assert "| PAC | 0 | 7.5 [1.0, 2.0] | 0.5 | 100 | 0.750 [0.650, 0.850] | n/a |" in task
+    assert "| **PAC** | mean" not in task  # one seed: no mean row
     diag = quality.diagnostics_table(results, {"a/b": 3.0})
-    assert "| BC | 1 | 0.5 | 1.0 |" in diag and "a/b 3.0" in diag
+    assert "| BC | 1 | 1 | 0.5 | 1.0 |" in diag and "a/b 3.0" in diag
 
 
 def test_discounted_returns(quality: ModuleType) -> None:
@@ -53,7 +56,7 @@ def test_discounted_returns(quality: ModuleType) -> None:
 
 def test_methods_differ_only_in_alpha_and_beta(quality: ModuleType, tmp_path: Path) -> None:
     args = quality.parse_args(["--output", str(tmp_path), "--tasks", "cartpole/balance"])
-    cfgs = {m: quality.method_config(args, m, "mixed", tmp_path) for m in quality.METHODS}
+    cfgs = {m: quality.method_config(args, m, 0, "mixed", tmp_path) for m in quality.METHODS}
     assert {m: c.objective.method for m, c in cfgs.items()} == {m: m for m in quality.METHODS}
     for c in cfgs.values():
         same = (c.preset, c.seed, c.model, c.data, c.eval, c.train.steps, c.train.global_batch_size, c.train.lr)
@@ -67,8 +70,8 @@ def test_methods_differ_only_in_alpha_and_beta(quality: ModuleType, tmp_path: Pa
 def test_toy_budget_run_writes_the_tables(quality: ModuleType, tmp_path: Path) -> None:
     out = tmp_path / "q"
     rc = quality.main(["--output", str(out), "--tasks", "cartpole/balance", "--steps", "3", "--batch-size", "8",
-                       "--episode-steps", "10", "--random", "1", "--noisy", "1", "--expert", "1",
-                       "--eval-episodes", "1", "--log-every", "1"])
+                       "--episode-steps", "10", "--random", "1", "--noisy", "1", "--expert", "1", "--seeds", "0",
+                       "--eval-episodes", "1", "--log-every", "1", "--threads", str(torch.get_num_threads())])
     assert rc == 0
     md = (out / "results.md").read_text()
     for method in quality.METHODS:
@@ -76,8 +79,8 @@ def test_toy_budget_run_writes_the_tables(quality: ModuleType, tmp_path: Path) -
     assert "### cartpole/balance" in md and "**mean**" in md
     data = json.loads((out / "results.json").read_text())
     assert set(data["methods"]) == set(quality.METHODS)
-    for res in data["methods"].values():
-        assert res["report"]["tasks"]["cartpole/balance"]["episodes"] == 1
+    for runs in data["methods"].values():
+        assert runs["0"]["report"]["tasks"]["cartpole/balance"]["episodes"] == 1
 
 
 @pytest.mark.heavy
@@ -85,12 +88,13 @@ def test_reduced_budget_benchmark_produces_the_table(quality: ModuleType, tmp_pa
     """The real comparison on two tasks at a reduced budget (~10 minutes on 2 CPU cores)."""
     out = tmp_path / "q"
     rc = quality.main(["--output", str(out), "--tasks", "cartpole/balance,reacher/easy", "--steps", "600",
-                       "--eval-episodes", "4", "--episode-steps", "100"])
+                       "--eval-episodes", "4", "--episode-steps", "100", "--seeds", "0",
+                       "--threads", str(torch.get_num_threads())])
     assert rc == 0
     data = json.loads((out / "results.json").read_text())
-    for res in data["methods"].values():
+    for runs in data["methods"].values():
         for task in ("cartpole/balance", "reacher/easy"):
-            r = res["report"]["tasks"][task]
+            r = runs["0"]["report"]["tasks"][task]
             assert r["episodes"] == 4 and -2.0 < r["normalized_score"] < 1.5
     md = (out / "results.md").read_text()
     assert "## Mean normalised score" in md and "## Training diagnostics" in md
