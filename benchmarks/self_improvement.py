@@ -35,6 +35,7 @@ def main() -> None:
     p.add_argument("--collect-episodes", type=int, default=16)
     p.add_argument("--eval-episodes", type=int, default=12)
     p.add_argument("--alpha", type=float, default=None, help="objective.alpha (default: the config default)")
+    p.add_argument("--lr", type=float, default=None, help="train.lr of pretraining and finetuning (default: config's)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
@@ -46,7 +47,8 @@ def main() -> None:
         "storage": {"root": str(out / "store")},
         "generate": {"tasks": [args.task], "episodes_per_policy": args.episodes,
                      "qualities": args.qualities.split(","), "episode_steps": args.episode_steps},
-        "train": {"steps": args.pretrain_steps, "output": str(out / "runs" / "pretrain"), "log_every": 100,
+        "train": {**({} if args.lr is None else {"lr": args.lr}),
+                  "steps": args.pretrain_steps, "output": str(out / "runs" / "pretrain"), "log_every": 100,
                   "checkpoint_every": 500},
         "eval": {"tasks": [args.task], "episodes": args.eval_episodes, "num_envs": 4,
                  "episode_steps": args.episode_steps, "videos_per_task": 1},

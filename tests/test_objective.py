@@ -133,6 +133,26 @@ def test_temperature_is_initialised_and_stays_positive() -> None:
     assert not Temperature(ObjectiveConfig(learn_eta=False)).raw.requires_grad
 
 
+def test_eta_lr_scale_speeds_up_the_dual_under_adam() -> None:
+    """Adam moves `raw` by ~lr per step whatever the gradient's size; the scale multiplies eta's step size."""
+    q = torch.linspace(0, 0.05, 16)[None].repeat(4, 1)  # nearly flat Q: the dual wants a much smaller eta
+
+    def eta_after(scale: float, steps: int = 50) -> float:
+        cfg = ObjectiveConfig(eta=1.0, epsilon=0.1, eta_lr_scale=scale)
+        temp = Temperature(cfg)
+        assert float(temp().detach()) == pytest.approx(1.0, rel=1e-5)  # same start whatever the scale
+        opt = torch.optim.Adam(temp.parameters(), lr=1e-3)
+        for _ in range(steps):
+            opt.zero_grad()
+            (eta_dual_loss(q, temp(), cfg.epsilon) / scale).backward()
+            opt.step()
+        return float(temp().detach())
+
+    slow, fast = eta_after(1.0), eta_after(10.0)
+    assert fast < slow < 1.0
+    assert (1.0 - fast) > 5 * (1.0 - slow)
+
+
 @pytest.mark.parametrize("alpha,beta", [(1.0, 0.0), (1.0, 1.0), (0.5, 1.0)], ids=["BC", "BC+Q", "PAC"])
 def test_tiny_preset_overfits_a_tiny_batch(alpha: float, beta: float) -> None:
     torch.manual_seed(0)

@@ -79,12 +79,13 @@ class ObjectiveConfig:
     learn_eta: bool = True  # MPO-style dual on eta with KL bound epsilon
     epsilon: float = 0.1  # KL bound of the eta dual
     eta_min: float = 1e-3
+    eta_lr_scale: float = 10.0  # eta's step size relative to train.lr: the dual must track Q's changing spread
     num_action_samples: int = 20  # a' ~ pi_theta' per state for the improvement term and the critic target
     uniform_mix: float = 0.0  # mix of uniform into the sampling policy (guards entropy collapse)
-    n_step: int = 5
+    n_step: int = 20  # longer returns carry more of an action's consequences on sub-optimal data (docs/quality.md)
     discount: float = 0.99
     target_update: Literal["polyak", "periodic"] = "polyak"
-    polyak_tau: float = 0.005
+    polyak_tau: float = 0.02  # target half-life ~35 steps; 0.005 left the critic near its init (docs/quality.md)
     target_period: int = 200  # steps between copies when target_update == "periodic"
 
     def __post_init__(self) -> None:
@@ -93,6 +94,7 @@ class ObjectiveConfig:
         _check(self.eta > 0.0, "objective.eta", f"must be > 0, got {self.eta}")
         _check(self.epsilon > 0.0, "objective.epsilon", f"must be > 0, got {self.epsilon}")
         _check(0.0 < self.eta_min <= self.eta, "objective.eta_min", f"must be in (0, eta], got {self.eta_min}")
+        _check(self.eta_lr_scale > 0.0, "objective.eta_lr_scale", f"must be > 0, got {self.eta_lr_scale}")
         _check(self.num_action_samples >= 1, "objective.num_action_samples",
                f"must be >= 1, got {self.num_action_samples}")
         _check(0.0 <= self.uniform_mix < 1.0, "objective.uniform_mix", f"must be in [0, 1), got {self.uniform_mix}")

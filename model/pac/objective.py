@@ -28,19 +28,26 @@ from pac.networks import value_support as make_support
 
 
 class Temperature(nn.Module):
-    """eta > eta_min, parameterised through softplus so gradient steps cannot make it non-positive."""
+    """eta > eta_min, parameterised through softplus so gradient steps cannot make it non-positive.
+
+    eta = softplus(eta_lr_scale * raw) + eta_min: Adam moves `raw` by about the learning rate per step
+    whatever the gradient's size, so the scale multiplies the dual's step size (MPO learns its dual
+    variables ~100x faster than the policy). `pac_loss` divides the dual loss by the same scale, which
+    keeps raw's gradient, hence the global gradient norm that clipping sees, as without it.
+    """
 
     def __init__(self, cfg: ObjectiveConfig) -> None:
         super().__init__()
         self.eta_min = cfg.eta_min
+        self.scale = cfg.eta_lr_scale
         init = cfg.eta - cfg.eta_min
         # softplus^-1(init), stable for large init
         raw = init + math.log(-math.expm1(-init)) if init > 0 else -20.0
         # Shape (1,), not a scalar: DeepSpeed's broadcast views parameters as bytes, which 0-d tensors refuse.
-        self.raw = nn.Parameter(torch.tensor([raw], dtype=torch.float32), requires_grad=cfg.learn_eta)
+        self.raw = nn.Parameter(torch.tensor([raw / self.scale], dtype=torch.float32), requires_grad=cfg.learn_eta)
 
     def forward(self) -> torch.Tensor:
-        return (F.softplus(self.raw.float()) + self.eta_min).squeeze(0)
+        return (F.softplus(self.raw.float() * self.scale) + self.eta_min).squeeze(0)
 
 
 class PACLearner(nn.Module):
@@ -171,7 +178,7 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
                        q_sampled_std=q_sampled.std(1, unbiased=False).mean())
         if temperature.raw.requires_grad:
             dual = eta_dual_loss(q_sampled, eta, cfg.epsilon)
-            loss = loss + dual
+            loss = loss + dual / cfg.eta_lr_scale  # see Temperature: a faster dual, same gradient norm
             metrics["eta_loss"] = dual.detach()
     metrics["loss"] = loss.detach()
     return loss, metrics
