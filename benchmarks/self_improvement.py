@@ -35,7 +35,8 @@ def main() -> None:
     p.add_argument("--collect-episodes", type=int, default=16)
     p.add_argument("--eval-episodes", type=int, default=12)
     p.add_argument("--alpha", type=float, default=None, help="objective.alpha (default: the config default)")
-    p.add_argument("--lr", type=float, default=None, help="train.lr of pretraining and finetuning (default: config's)")
+    p.add_argument("--lr", type=float, default=None, help="train.lr of pretraining (default: the config's)")
+    p.add_argument("--finetune-lr", type=float, default=None, help="improve.finetune_lr (default: the pretraining lr)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
@@ -53,7 +54,8 @@ def main() -> None:
         "eval": {"tasks": [args.task], "episodes": args.eval_episodes, "num_envs": 4,
                  "episode_steps": args.episode_steps, "videos_per_task": 1},
         "improve": {"iterations": args.rounds, "finetune_steps": args.finetune_steps,
-                    "collect_episodes": args.collect_episodes},
+                    "collect_episodes": args.collect_episodes,
+                    "finetune_lr": args.finetune_lr},
         "tracking": {"uri": f"sqlite:///{out}/mlflow.db", "system_metrics": False},
     })
     ref, stats = generate_dataset(cfg, "behaviour", progress=False)

@@ -251,6 +251,7 @@ class ImproveConfig:
     iterations: int = 2
     collect_episodes: int = 8  # per robot task and round
     finetune_steps: int = 200  # optimizer steps per round
+    finetune_lr: float | None = None  # peak learning rate of each round (None: train.lr)
     collected_weight: float = 1.0  # sampling weight of the self-collected data (the original data has 1)
     dataset: str = "self-collected"  # dataset name the rounds publish new versions of
 
@@ -258,6 +259,8 @@ class ImproveConfig:
         for name in ("iterations", "collect_episodes", "finetune_steps"):
             _check(getattr(self, name) >= 1, f"improve.{name}", f"must be >= 1, got {getattr(self, name)}")
         _check(self.collected_weight > 0, "improve.collected_weight", f"must be > 0, got {self.collected_weight}")
+        _check(self.finetune_lr is None or self.finetune_lr > 0, "improve.finetune_lr",
+               f"must be > 0 (or unset), got {self.finetune_lr}")
         _check(bool(self.dataset), "improve.dataset", "must not be empty")
 
 

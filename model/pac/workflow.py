@@ -122,6 +122,7 @@ def improve(cfg: Config, model_uri: str, output: str | Path) -> ImproveResult:
         round_cfg = dataclasses.replace(
             cfg, data=dataclasses.replace(cfg.data, mix_with={str(collected.ref): cfg.improve.collected_weight}),
             train=dataclasses.replace(cfg.train, steps=cfg.improve.finetune_steps,
+                                      lr=cfg.improve.finetune_lr or cfg.train.lr,
                                       output=f"{cfg.train.output.rstrip('/')}/round{k}"))
         trained = finetune(round_cfg, current, run_name=f"improve-round{k}")
         current = trained.export_uri

@@ -196,7 +196,13 @@ def _optimizer(params: Iterator[nn.Parameter], cfg: TrainConfig) -> torch.optim.
 class DeepSpeedEngine:
     """One optimizer step of PAC = `accumulation` micro-batches through a DeepSpeed engine."""
 
-    def __init__(self, cfg: Config, world: World) -> None:
+    def __init__(self, cfg: Config, world: World, init_weights: dict[str, torch.Tensor] | None = None) -> None:
+        """Build the learner (and target), optionally from consolidated `init_weights` (finetuning).
+
+        Initial weights go into the module BEFORE `deepspeed.initialize`: the engine's optimizer takes
+        its fp32 master copy of the parameters there, and a later load into the module alone would be
+        overwritten by that copy at the first optimizer step.
+        """
         import deepspeed
 
         self.cfg, self.world = cfg, world
@@ -212,6 +218,8 @@ class DeepSpeedEngine:
             learner = PACLearner(cfg.model, cfg.objective)
         with self._construct(self.target_ds_config):
             target = build_model(cfg.model) if self.zero3 and needs_target(cfg) else None
+        if init_weights is not None:
+            self._load_into(learner.net, init_weights)
         if cfg.train.activation_checkpointing:
             enable_activation_checkpointing(learner.net)
         optimizer = _optimizer(learner.parameters(), cfg.train)
@@ -318,14 +326,13 @@ class DeepSpeedEngine:
             for n, p in self.target.named_parameters():
                 (p.ds_tensor if self.zero3 else p).copy_(target[n])
 
-    def load_network_weights(self, state: dict[str, torch.Tensor]) -> None:
-        """Initialise online and target networks from consolidated weights (finetuning)."""
+    def _load_into(self, net: PerceiverActorCritic, state: dict[str, torch.Tensor]) -> None:
+        """Consolidated weights into a (possibly partitioned) network; rank 0's copy is broadcast under ZeRO-3."""
         from pac.training.export import load_state_dict_checked
 
-        with self._gathered(self.net, modify=True):
+        with self._gathered(net, modify=True):
             if self.world.is_main or not self.zero3:
-                load_state_dict_checked(self.net, state, "init weights", self.cfg.preset)
-        self._copy_target_from_online(tau=1.0)
+                load_state_dict_checked(net, state, "init weights", self.cfg.preset)
 
     def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
         """Full fp32 network weights (gathered from shards under ZeRO-3; valid on rank 0)."""

@@ -90,22 +90,24 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
         from pac.data.mixture import build_source
 
         source = build_source(cfg, rank=world.rank, world_size=world.world_size)
-    engine = DeepSpeedEngine(cfg, world)
-    gas = engine.accumulation
     ckpts = CheckpointStore(run_store, world.rank, world.world_size)
+    latest = ckpts.latest() if cfg.train.resume else None
+    init_weights = None
+    if latest is None and cfg.train.init_from:  # a resumed finetune continues from its own checkpoint
+        from pac.training.weights import load_weights
+
+        init_weights = load_weights(cfg.train.init_from, cfg)
+    engine = DeepSpeedEngine(cfg, world, init_weights=init_weights)
+    gas = engine.accumulation
 
     start, run_id = 0, None
-    latest = ckpts.latest() if cfg.train.resume else None
     if latest is not None:
         state = ckpts.load(engine, latest, cfg)
         set_rng_state(state["rng"])
         source.load_state_dict(state["loader"])
         start, run_id = latest, state.get("run_id")
         log.info("resumed from %s at step %d", ckpts.store.url(), start)
-    elif cfg.train.init_from:
-        from pac.training.weights import load_weights
-
-        engine.load_network_weights(load_weights(cfg.train.init_from, cfg))
+    elif init_weights is not None:
         log.info("initialised from %s", cfg.train.init_from)
     run_id = tracker.start(cfg, run_name=run_name or Path(cfg.train.output).name, run_id=run_id,
                            parent_run_id=parent_run_id,
