@@ -65,3 +65,16 @@ def test_two_ranks_match_one_rank_with_the_same_global_batch(tmp_path: Path, sta
     mean_two = [(a + b) / 2 for a, b in zip(two[0]["losses"], two[1]["losses"])]
     assert one["losses"] == pytest.approx(mean_two, rel=1e-4), (one["losses"], mean_two)
     assert one["losses"][-1] != pytest.approx(one["losses"][0], rel=1e-4)  # the steps really trained
+
+
+def test_zero3_bf16_finetune_on_two_ranks_starts_from_the_given_weights(tmp_path: Path) -> None:
+    """Initial weights must reach the partitioned fp32 master copy, not only the bf16 module."""
+    from safetensors.torch import load_file
+
+    source = run("train", config(tmp_path / "pre", steps=2), tmp_path / "o1", nproc=1)[0]["export"]
+    tuned = run("train", config(tmp_path / "ft", steps=2, zero_stage=3, precision="bf16", lr=1e-12,
+                                init_from=source), tmp_path / "o2", nproc=2)[0]["export"]
+    before, after = load_file(f"{source}/model.safetensors"), load_file(f"{tuned}/model.safetensors")
+    assert before.keys() == after.keys()
+    for name, value in before.items():  # lr ~ 0: equal up to the bf16 rounding of the module's copy
+        assert after[name].float().allclose(value.float(), atol=1e-6, rtol=1e-2), name
