@@ -67,7 +67,8 @@ def test_demo_runs_the_whole_loop_on_embedded_defaults(tmp_path: Path, monkeypat
     from pac.config import StorageConfig
     from pac.data.dataset import read_manifest
 
-    monkeypatch.chdir(tmp_path)  # the embedded MLflow store lands in ./outputs/mlruns
+    monkeypatch.chdir(tmp_path)  # the embedded MLflow store lands in ./outputs/mlruns ...
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # ... unless a server is named (other tests set it)
     out = tmp_path / "demo"
     rc = main(["demo", "--output", str(out), "--no-progress", "--generate.tasks", "cartpole/balance,jaco/reach_site",
                "--generate.episodes_per_policy", "1", "--generate.episode_steps", "12",
