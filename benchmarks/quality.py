@@ -359,7 +359,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from pac.config import ObjectiveConfig
 
-    root = Path(args.output)
+    root = Path(args.output).resolve()  # absolute: a relative train.output would resolve under the store root
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     start = time.perf_counter()
