@@ -45,7 +45,7 @@ from pac.networks import count_parameters
 from pac.objective import PACLearner, update_target
 from pac.presets import model_config
 from pac.training.engine import DeepSpeedEngine, World, init_world, lr_lambda, needs_target
-from pac.training.flops import count_flops, peak_matmul_flops
+from pac.training.flops import count_flops, peak_matmul_flops, tokens_per_sample
 
 log = logging.getLogger("train_throughput")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -115,16 +115,6 @@ def flops_per_step(cfg: Config, batch: Transition) -> int:
         loss.backward()
 
     return count_flops(fwd_bwd)
-
-
-def tokens_per_sample(batch: Transition, cfg: Config) -> float:
-    """Observation tokens per sample (proprio dimensions + instruction tokens + image patches): the
-    quantity `pac train` logs as tokens/s."""
-    obs = batch.obs
-    n = float(obs.proprio_mask.sum() + obs.text_mask.sum())
-    if obs.image is not None and obs.image_mask is not None:
-        n += float(obs.image_mask.sum()) * (cfg.model.image_size // cfg.model.patch_size) ** 2
-    return n / obs.batch_size
 
 
 def build_step(engine: str, cfg: Config, world: World) -> StepFn:
@@ -210,7 +200,7 @@ def run(presets: list[str], batch: int, steps: int, warmup: int, stages: list[in
         with torch.random.fork_rng():
             flops = flops_per_step(cfg, batches[0])
         info[preset] = {"parameters": count_parameters(cfg.model), "flops_per_step": flops,
-                        "tokens_per_sample": tokens_per_sample(batches[0], cfg)}
+                        "tokens_per_sample": tokens_per_sample(batches[0], cfg.model)}
         variants = [(engine, precision) for precision in ["bf16"] + (["fp32"] if preset in fp32_presets else [])
                     for engine in ["torch", *(f"ZeRO-{s}" for s in stages)]]
         rows += measure_preset(preset, variants, batch, batches, warmup, world)

@@ -12,6 +12,9 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from pac.config import ModelConfig
+from pac.inputs import Transition
+
 
 class _GlobalOnly:
     """Stands in for FlopCounterMode's per-module tracker: we only need the total, and the tracker's
@@ -52,3 +55,13 @@ def peak_matmul_flops(dtype: torch.dtype = torch.bfloat16, size: int = 2048, sec
             torch.cuda.synchronize()
         best = max(best, 2 * size**3 / (time.perf_counter() - t))
     return best
+
+
+def tokens_per_sample(batch: Transition, model: ModelConfig) -> float:
+    """Observation tokens per sample (proprio dimensions + instruction tokens + image patches): the
+    quantity training logs as tokens/s."""
+    obs = batch.obs
+    n = float(obs.proprio_mask.sum() + obs.text_mask.sum())
+    if obs.image is not None and obs.image_mask is not None:
+        n += float(obs.image_mask.sum()) * (model.image_size // model.patch_size) ** 2
+    return n / obs.batch_size

@@ -28,7 +28,7 @@ from pac.storage import open_store, resolve_uri
 from pac.training.checkpoint import CheckpointStore, rng_state, set_rng_state
 from pac.training.engine import DeepSpeedEngine, init_world
 from pac.training.export import save_export
-from pac.training.flops import count_flops, peak_matmul_flops
+from pac.training.flops import count_flops, peak_matmul_flops, tokens_per_sample
 from pac.training.weights import RUN_INFO
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
                            parent_run_id=parent_run_id,
                            tags={"init_from": cfg.train.init_from} if cfg.train.init_from else None)
 
-    tokens_per_sample = _tokens_per_sample(source.batch(start * gas), cfg)
+    sample_tokens = tokens_per_sample(source.batch(start * gas), cfg.model)
     with torch.random.fork_rng():  # measuring must not shift the training RNG stream (exact resume)
         flops_per_step = _flops_per_step(cfg, source.batch(start * gas), gas) if world.is_main else 0.0
         peak = peak_matmul_flops(torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32) \
@@ -139,7 +139,7 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
             dt = time.perf_counter() - t0
             metrics.update(eta=engine.eta(), step_time_s=dt,
                            samples_per_s=cfg.train.global_batch_size / dt,
-                           tokens_per_s=cfg.train.global_batch_size * tokens_per_sample / dt,
+                           tokens_per_s=cfg.train.global_batch_size * sample_tokens / dt,
                            mfu=flops_per_step / dt / peak)
             history.append(metrics)
             if world.is_main:
@@ -193,14 +193,6 @@ def _evaluate(engine: DeepSpeedEngine, hook: EvalHook, step: int, tracker: Any, 
         metrics = hook(net.eval(), step)
         tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items()}, step)
         log.info("eval @ %d: %s", step, " ".join(f"{k}={v:.3g}" for k, v in metrics.items()))
-
-
-def _tokens_per_sample(batch: Transition, cfg: Config) -> float:
-    obs = batch.obs
-    n = float(obs.proprio_mask.sum() + obs.text_mask.sum())
-    if obs.image is not None and obs.image_mask is not None:
-        n += float(obs.image_mask.sum()) * (cfg.model.image_size // cfg.model.patch_size) ** 2
-    return n / obs.batch_size
 
 
 def _flops_per_step(cfg: Config, batch: Transition, gas: int) -> float:
