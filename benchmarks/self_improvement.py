@@ -30,12 +30,18 @@ def main() -> None:
     p.add_argument("--qualities", default="random,noisy", help="behaviour data mix (sub-optimal by default)")
     p.add_argument("--episode-steps", type=int, default=100)
     p.add_argument("--pretrain-steps", type=int, default=1500)
+    p.add_argument("--pretrained", default="",
+                   help="start the rounds from this model (export or models:/ URI) instead of pretraining one")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--finetune-steps", type=int, default=400)
     p.add_argument("--collect-episodes", type=int, default=16)
     p.add_argument("--eval-episodes", type=int, default=12)
     p.add_argument("--alpha", type=float, default=None, help="objective.alpha (default: the config default)")
     p.add_argument("--lr", type=float, default=None, help="train.lr of pretraining (default: the config's)")
+    p.add_argument("--finetune-alpha", type=float, default=None,
+                   help="improve.finetune_alpha: objective.alpha of the rounds (default: the pretraining alpha)")
+    p.add_argument("--collect-temperature", type=float, default=None,
+                   help="sample the collecting policy at this temperature (default: greedy, like evaluation)")
     p.add_argument("--finetune-lr", type=float, default=None, help="improve.finetune_lr (default: the pretraining lr)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -51,19 +57,20 @@ def main() -> None:
         "train": {**({} if args.lr is None else {"lr": args.lr}),
                   "steps": args.pretrain_steps, "output": str(out / "runs" / "pretrain"), "log_every": 100,
                   "checkpoint_every": 500},
-        "eval": {"tasks": [args.task], "episodes": args.eval_episodes, "num_envs": 4,
+        "eval": {"tasks": [args.task], "episodes": args.eval_episodes, "num_envs": min(args.eval_episodes, 10),
                  "episode_steps": args.episode_steps, "videos_per_task": 1},
         "improve": {"iterations": args.rounds, "finetune_steps": args.finetune_steps,
                     "collect_episodes": args.collect_episodes,
-                    "finetune_lr": args.finetune_lr},
+                    "finetune_lr": args.finetune_lr, "finetune_alpha": args.finetune_alpha,
+                    "collect_temperature": args.collect_temperature},
         "tracking": {"uri": f"sqlite:///{out}/mlflow.db", "system_metrics": False},
     })
     ref, stats = generate_dataset(cfg, "behaviour", progress=False)
     print(stats.table())
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=str(ref)))
-    pretrained = train(cfg, run_name="pretrain")
+    start_uri = args.pretrained or train(cfg, run_name="pretrain").export_uri
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output=str(out / "runs" / "improve")))
-    result = improve(cfg, pretrained.export_uri, out / "improve")
+    result = improve(cfg, start_uri, out / "improve")
     runtime = time.perf_counter() - start
     print(result.table())
     print(f"\ncurve: {result.files['png']}  ({runtime / 60:.1f} min)")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from pac.config import Config
@@ -49,6 +50,49 @@ def test_finetune_starts_from_the_given_weights_and_names_its_parent(base: Confi
     run = mlflow.MlflowClient(base.tracking.uri).get_run(tuned.run_id)
     assert run.data.tags["mlflow.parentRunId"] == pretrained.run_id
     assert run.data.tags["init_from"] == pretrained.export_uri
+
+
+def test_finetune_of_an_export_from_another_tracking_store_runs_unlinked(base: Config, tmp_path: Path) -> None:
+    """An export copied from elsewhere names a run this store has never seen: finetune, without a parent."""
+    pretrained = train(base, run_name="pretrain")
+    other = Config.from_dict({**base.to_dict(), "tracking": {**base.to_dict()["tracking"],
+                                                             "uri": f"sqlite:///{tmp_path}/other.db"},
+                              "train": {**base.to_dict()["train"], "steps": 1, "output": str(tmp_path / "ft")}})
+    tuned = finetune(other, pretrained.export_uri)
+    run = mlflow.MlflowClient(other.tracking.uri).get_run(tuned.run_id)
+    assert "mlflow.parentRunId" not in run.data.tags
+    assert run.data.tags["init_from"] == pretrained.export_uri
+
+
+def test_improve_rounds_finetune_with_their_alpha_on_data_sampled_from_the_policy(base: Config,
+                                                                                  tmp_path: Path) -> None:
+    from pac.config import StorageConfig
+    from pac.data.dataset import open_dataset
+    from pac.inputs import Observation, normalize_action
+    from pac.networks import action_to_bins
+    from pac.workflow import improve
+
+    pretrained = train(base, run_name="pretrain")
+    cfg = Config.from_dict({**base.to_dict(),
+                            "eval": {"tasks": ["cartpole/balance"], "episodes": 1, "num_envs": 1,
+                                     "episode_steps": 20, "video": False},
+                            "improve": {"iterations": 1, "collect_episodes": 2, "finetune_steps": 1,
+                                        "finetune_alpha": 0.25, "collect_temperature": 1.0},
+                            "train": {**base.to_dict()["train"], "output": str(tmp_path / "improve")}})
+    result = improve(cfg, pretrained.export_uri, tmp_path / "curve")
+    run = mlflow.MlflowClient(cfg.tracking.uri).get_run(result.rounds[1].run_id)
+    assert float(run.data.params["objective.alpha"]) == 0.25 and cfg.objective.alpha != 0.25
+    # Collected by sampling the (nearly uniform) pretrained policy at temperature 1: mostly not its greedy bins.
+    net, _ = load_model(pretrained.export_uri, base)
+    dataset = open_dataset(result.rounds[1].dataset, StorageConfig(root=str(tmp_path / "store")))
+    episodes = [e for info in dataset.manifest.shards for e in dataset.open_shard(info, tmp_path / "cache").episodes()]
+    proprio = [p for e in episodes for p in e.proprio[:-1]]
+    actions = torch.from_numpy(np.concatenate([normalize_action(e.actions, e.action_low, e.action_high)
+                                               for e in episodes]))
+    with torch.no_grad():
+        obs = Observation.from_numpy(proprio, [episodes[0].instruction] * len(proprio), net.cfg.max_text_tokens)
+        greedy = net.policy_logits(net.encode(obs), 1).argmax(-1)
+    assert (action_to_bins(actions, net.cfg.action_bins) != greedy).float().mean() > 0.5
 
 
 def test_finetune_from_a_model_of_another_size_keeps_the_source_architecture(base: Config, tmp_path: Path) -> None:

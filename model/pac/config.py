@@ -252,6 +252,8 @@ class ImproveConfig:
     collect_episodes: int = 8  # per robot task and round
     finetune_steps: int = 200  # optimizer steps per round
     finetune_lr: float | None = None  # peak learning rate of each round (None: train.lr)
+    finetune_alpha: float | None = None  # objective.alpha of each round (None: objective.alpha)
+    collect_temperature: float | None = None  # None: collect acting as evaluation does; else sample at it
     collected_weight: float = 1.0  # sampling weight of the self-collected data (the original data has 1)
     dataset: str = "self-collected"  # dataset name the rounds publish new versions of
 
@@ -261,6 +263,10 @@ class ImproveConfig:
         _check(self.collected_weight > 0, "improve.collected_weight", f"must be > 0, got {self.collected_weight}")
         _check(self.finetune_lr is None or self.finetune_lr > 0, "improve.finetune_lr",
                f"must be > 0 (or unset), got {self.finetune_lr}")
+        _check(self.finetune_alpha is None or 0.0 <= self.finetune_alpha <= 1.0, "improve.finetune_alpha",
+               f"must be in [0, 1] (or unset), got {self.finetune_alpha}")
+        _check(self.collect_temperature is None or self.collect_temperature > 0, "improve.collect_temperature",
+               f"must be > 0 (or unset), got {self.collect_temperature}")
         _check(bool(self.dataset), "improve.dataset", "must not be empty")
 
 

@@ -588,6 +588,18 @@ def _load_local(path: Path, uri: str) -> tuple[PerceiverActorCritic, Config]:
     raise ExportError(f"{uri} is neither a PAC export directory ({CONFIG} + {WEIGHTS}) nor an MLflow model directory")
 
 
+def run_exists(run_id: str, cfg: TrackingConfig) -> bool:
+    """Whether the tracking store at `cfg` holds run `run_id` (other errors, e.g. unreachable, raise)."""
+    try:
+        MlflowClient(tracking_uri=resolve_tracking_uri(cfg)).get_run(run_id)
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return False
+        raise TrackingError(f"cannot read run {run_id} at MLflow tracking URI "
+                            f"{redact_uri(resolve_tracking_uri(cfg))}: {e.message}") from e
+    return True
+
+
 def model_version_run_id(uri: str, cfg: TrackingConfig) -> str | None:
     """The run that logged the model behind `models:/NAME@alias`, `models:/NAME/VERSION` or `models:/<model id>`."""
     tracking_uri = resolve_tracking_uri(cfg)

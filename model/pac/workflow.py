@@ -19,8 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from pac.config import Config
+from pac.tracking import run_exists
 from pac.training.loop import TrainResult, train
-from pac.training.weights import load_model, source_run_id
+from pac.training.weights import is_mlflow_uri, load_model, source_run_id
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,12 @@ def finetune(cfg: Config, model_uri: str, *, run_name: str | None = None) -> Tra
     cfg = dataclasses.replace(cfg, preset=source_cfg.preset, model=source_cfg.model,
                               train=dataclasses.replace(cfg.train, init_from=model_uri))
     parent = source_run_id(model_uri, cfg) if cfg.tracking.enabled else None
+    if parent and not is_mlflow_uri(model_uri) and not run_exists(parent, cfg.tracking):
+        # An export copied from another tracking store: its run cannot be a parent here; `init_from` still
+        # names the source.
+        log.warning("the run that trained %s (%s) is not in this tracking store; the finetune run is not "
+                    "linked to a parent", model_uri, parent)
+        parent = None
     return train(cfg, parent_run_id=parent, run_name=run_name or "finetune")
 
 
@@ -117,10 +124,14 @@ def improve(cfg: Config, model_uri: str, output: str | Path) -> ImproveResult:
     for k in range(1, cfg.improve.iterations + 1):
         t0 = time.perf_counter()
         collect_eval = dataclasses.replace(cfg.eval, episodes=cfg.improve.collect_episodes)
+        if cfg.improve.collect_temperature is not None:
+            collect_eval = dataclasses.replace(collect_eval, greedy=False, temperature=cfg.improve.collect_temperature)
         collected = collect(net, model_cfg, collect_eval, cfg.improve.dataset, model_uri=current,
                             storage=cfg.storage, data=cfg.data, plans=plans, append=k > 1, progress=False)
+        alpha = cfg.objective.alpha if cfg.improve.finetune_alpha is None else cfg.improve.finetune_alpha
         round_cfg = dataclasses.replace(
             cfg, data=dataclasses.replace(cfg.data, mix_with={str(collected.ref): cfg.improve.collected_weight}),
+            objective=dataclasses.replace(cfg.objective, alpha=alpha),
             train=dataclasses.replace(cfg.train, steps=cfg.improve.finetune_steps,
                                       lr=cfg.improve.finetune_lr or cfg.train.lr,
                                       output=f"{cfg.train.output.rstrip('/')}/round{k}"))
