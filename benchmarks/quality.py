@@ -44,7 +44,7 @@ TASKS = ("cartpole/balance", "reacher/easy", "point_mass/easy")
 METHODS = ("BC", "BC+Q", "PAC")
 DIAGNOSTICS = ("loss", "bc_nll", "entropy", "q_loss", "q_mean", "target_q_mean", "eta", "kl_weights",
                "q_sampled_std", "improve_loss")
-PROBES = ("critic_expert_pct", "critic_greedy_pct", "greedy_expert_dist")
+PROBES = ("critic_expert_pct", "critic_mirror_pct", "critic_greedy_pct", "greedy_expert_dist")
 
 log = logging.getLogger("quality")
 
@@ -175,18 +175,23 @@ def probe_network(net: Any, probes: dict[str, ExpertStates], samples: int = 32, 
     On (up to `states`) states of the expert episodes of each task, averaged over tasks:
     - `critic_expert_pct`: fraction of `samples` uniform random actions whose expected Q is below the
       expert action's (0.5: the critic cannot tell them apart; 1: the expert action always ranks first);
-    - `critic_greedy_pct`: the same for the greedy policy's action (what the policy exploits);
+    - `critic_mirror_pct`: how often the expert action's Q exceeds that of its mirror image -a (same
+      magnitude, opposite direction; ties count half): whether the critic knows which way to act,
+      not just that small or large actions pay (a preference `critic_expert_pct` cannot tell apart);
+    - `critic_greedy_pct`: the same as `critic_expert_pct` for the greedy policy's action;
     - `greedy_expert_dist`: mean |greedy action - expert action| in normalised units (uniform: ~0.67).
+    Per-task values are returned too, as `<probe>/<task>`.
     """
     import torch
     from pac.inputs import Observation
     from pac.networks import bins_to_action, expected_value, value_support
 
-    out: dict[str, list[float]] = {"critic_expert_pct": [], "critic_greedy_pct": [], "greedy_expert_dist": []}
+    out: dict[str, list[float]] = {k: [] for k in PROBES}
+    per_task: dict[str, float] = {}
     gen = torch.Generator().manual_seed(seed)
     support = value_support(net.cfg)
     with torch.no_grad():
-        for probe in probes.values():
+        for task, probe in probes.items():
             idx = np.linspace(0, len(probe.proprio) - 1, min(states, len(probe.proprio))).astype(int)
             obs = Observation.from_numpy(list(probe.proprio[idx]), [probe.instruction] * len(idx),
                                          net.cfg.max_text_tokens)
@@ -195,14 +200,19 @@ def probe_network(net: Any, probes: dict[str, ExpertStates], samples: int = 32, 
             z = net.encode(obs)
             greedy = bins_to_action(net.policy_logits(z, a).argmax(-1), net.cfg.action_bins)  # (N, A)
             uniform = torch.rand(n, samples, a, generator=gen) * 2 - 1
-            cand = torch.cat([expert[:, None], greedy[:, None], uniform], 1)  # (N, 2+S, A)
-            q = expected_value(net.q_logits(z, cand, torch.ones(n, a, dtype=torch.bool)), support)  # (N, 2+S)
-            rest = q[:, 2:]
+            cand = torch.cat([expert[:, None], greedy[:, None], -expert[:, None], uniform], 1)  # (N, 3+S, A)
+            q = expected_value(net.q_logits(z, cand, torch.ones(n, a, dtype=torch.bool)), support)  # (N, 3+S)
+            rest = q[:, 3:]
+            values = {"greedy_expert_dist": float((greedy - expert).abs().mean()),
+                      "critic_mirror_pct": float(((q[:, 0] > q[:, 2]).float() + 0.5 * (q[:, 0] == q[:, 2]).float())
+                                                 .mean())}
             for key, col in (("critic_expert_pct", 0), ("critic_greedy_pct", 1)):
                 pct = (q[:, col:col + 1] > rest).float() + 0.5 * (q[:, col:col + 1] == rest).float()
-                out[key].append(float(pct.mean()))
-            out["greedy_expert_dist"].append(float((greedy - expert).abs().mean()))
-    return {k: float(np.mean(v)) for k, v in out.items()}
+                values[key] = float(pct.mean())
+            for key, value in values.items():
+                out[key].append(value)
+                per_task[f"{key}/{task}"] = value
+    return {**{k: float(np.mean(v)) for k, v in out.items()}, **per_task}
 
 
 # --------------------------------------------------------------------------------------------- training
@@ -331,6 +341,19 @@ def summary_table(results: dict[str, dict[int, dict[str, Any]]], tasks: Sequence
     return "\n".join(lines)
 
 
+def probe_table(results: dict[str, dict[int, dict[str, Any]]], tasks: Sequence[str]) -> str:
+    """Markdown table of the per-task probes on the expert's states, per method and seed."""
+    keys = ("critic_expert_pct", "critic_mirror_pct", "greedy_expert_dist")
+    lines = ["| method | seed | " + " | ".join(f"{k} {t}" for t in tasks for k in keys) + " |",
+             "|---|---|" + "---:|" * (len(keys) * len(tasks))]
+    for method, runs in results.items():
+        for seed, res in runs.items():
+            d = res["diagnostics"]
+            lines.append(f"| {method} | {seed} | " + " | ".join(f"{d[f'{k}/{t}']:.2f}" if f"{k}/{t}" in d else ""
+                                                                for t in tasks for k in keys) + " |")
+    return "\n".join(lines)
+
+
 def diagnostics_table(results: dict[str, dict[int, dict[str, Any]]], mc: dict[str, float]) -> str:
     """Markdown table of the training diagnostics (last 10% of steps) and the probe, per method and seed."""
     every = [r for runs in results.values() for r in runs.values()]
@@ -390,7 +413,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         md += [task_table(task, results), ""]
     md += ["## Training data", "", "```", data["table"], "```", "",
            "## Training diagnostics (mean over the last 10% of steps)", "",
-           diagnostics_table(results, data["mc_discounted_return"]), ""]
+           diagnostics_table(results, data["mc_discounted_return"]), "",
+           "## Probes per task (expert states; 0.5 = chance for the critic)", "",
+           probe_table(results, args.tasks), ""]
     text = "\n".join(md)
     (root / "results.md").write_text(text)
     (root / "results.json").write_text(json.dumps({

@@ -77,6 +77,7 @@ def test_toy_budget_run_writes_the_tables(quality: ModuleType, tmp_path: Path) -
     for method in quality.METHODS:
         assert f"| {method} |" in md
     assert "### cartpole/balance" in md and "**mean**" in md
+    assert "critic_mirror_pct cartpole/balance" in md  # the per-task probe table
     data = json.loads((out / "results.json").read_text())
     assert set(data["methods"]) == set(quality.METHODS)
     for runs in data["methods"].values():
