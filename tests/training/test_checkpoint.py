@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from pac.config import Config, ConfigError
 from pac.data.synthetic import SyntheticSource
 from pac.storage import open_store
@@ -105,6 +106,15 @@ def test_export_loads_back_without_pickle(tmp_path: Path) -> None:
     net, cfg = load_export(tmp_path / "run" / "export")
     assert cfg.preset == "tiny" and cfg.train.steps == 2
     assert sum(p.numel() for p in net.parameters()) > 0
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2])
+def test_bf16_export_holds_the_fp32_master_weights(tmp_path: Path, zero_stage: int) -> None:
+    """The module's bf16 copy is the master rounded; the export keeps what rounding would lose."""
+    run_synthetic(cfg_dict(str(tmp_path / "run"), steps=2, precision="bf16", zero_stage=zero_stage))
+    net, _ = load_export(tmp_path / "run" / "export")
+    weights = torch.cat([p.detach().flatten() for p in net.parameters()])
+    assert (weights != weights.bfloat16().float()).float().mean() > 0.5
 
 
 def test_generated_deepspeed_config_repeats_nothing_by_hand() -> None:

@@ -335,9 +335,27 @@ class DeepSpeedEngine:
                 load_state_dict_checked(net, state, "init weights", self.cfg.preset)
 
     def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
-        """Full fp32 network weights (gathered from shards under ZeRO-3; valid on rank 0)."""
+        """Full fp32 network weights (gathered from shards under ZeRO-3; valid on rank 0; every rank calls it).
+
+        Parameters come from the optimizer's fp32 master copy where it keeps one (bf16, any ZeRO stage): the
+        module's bf16 copy is that copy rounded, and updates smaller than bf16's resolution live only in
+        the master, so exporting the module would lose them.
+        """
+        from deepspeed.utils import safe_get_full_fp32_param
+
+        params = dict(self.net.named_parameters())
+        # ZeRO-0 bf16 runs DeepSpeed's unfused fp16-style optimizer: parallel lists of model and master tensors.
+        opt = self.engine.optimizer
+        unfused = {id(p): m for low, high in zip(getattr(opt, "fp16_groups", []), getattr(opt, "fp32_groups", []))
+                   for p, m in zip(low, high)}
         with self._gathered(self.net):
-            return {k: v.detach().float().cpu().clone() for k, v in self.net.state_dict().items()}
+            out = {}
+            for name, tensor in self.net.state_dict().items():
+                param = params.get(name)
+                # Collective under ZeRO-3 (same order on every rank: state_dict order).
+                master = None if param is None else unfused.get(id(param), safe_get_full_fp32_param(param))
+                out[name] = (tensor if master is None else master).detach().float().cpu().clone()
+            return out
 
     def _gathered(self, module: nn.Module, modify: bool = False) -> contextlib.AbstractContextManager[Any]:
         if not self.zero3:
