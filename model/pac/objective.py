@@ -178,7 +178,7 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
                        q_sampled_std=q_sampled.std(1, unbiased=False).mean())
         if temperature.raw.requires_grad:
             dual = eta_dual_loss(q_sampled, eta, cfg.epsilon)
-            loss = loss + dual / cfg.eta_lr_scale  # see Temperature: a faster dual, same gradient norm
+            loss = loss + dual / temperature.scale  # see Temperature: a faster dual, same gradient norm
             metrics["eta_loss"] = dual.detach()
     metrics["loss"] = loss.detach()
     return loss, metrics
