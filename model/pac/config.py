@@ -253,7 +253,7 @@ class ImproveConfig:
     finetune_steps: int = 200  # optimizer steps per round
     finetune_lr: float | None = None  # peak learning rate of each round (None: train.lr)
     finetune_alpha: float | None = None  # objective.alpha of each round (None: objective.alpha)
-    collect_temperature: float | None = None  # None: collect acting as evaluation does; else sample at it
+    collect_temperature: float | None = None  # sample the collecting policy at this temperature (None: act as eval)
     collected_weight: float = 1.0  # sampling weight of the self-collected data (the original data has 1)
     dataset: str = "self-collected"  # dataset name the rounds publish new versions of
 
