@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--episode-steps", type=int, default=100)
     p.add_argument("--pretrain-steps", type=int, default=1500)
     p.add_argument("--pretrained", default="",
-                   help="start the rounds from this model (export or models:/ URI) instead of pretraining one")
+                   help="start the rounds from this model export (a directory) instead of pretraining one")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--finetune-steps", type=int, default=400)
     p.add_argument("--collect-episodes", type=int, default=16)

@@ -77,9 +77,11 @@ def test_toy_budget_run_writes_the_tables(quality: ModuleType, tmp_path: Path) -
     for method in quality.METHODS:
         assert f"| {method} |" in md
     assert "### cartpole/balance" in md and "**mean**" in md
-    assert "critic_mirror_pct cartpole/balance" in md  # the per-task probe table
+    assert "critic_mirror_pct cartpole/balance" in md  # the per-task probe table ...
     data = json.loads((out / "results.json").read_text())
     assert set(data["methods"]) == set(quality.METHODS)
+    mirror = data["methods"]["PAC"]["0"]["diagnostics"]["critic_mirror_pct/cartpole/balance"]
+    assert 0.0 <= mirror <= 1.0  # ... filled from each network's probe
     for runs in data["methods"].values():
         assert runs["0"]["report"]["tasks"]["cartpole/balance"]["episodes"] == 1
 

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from pac.config import Config
-from pac.tracking import run_exists
 from pac.training.loop import TrainResult, train
 from pac.training.weights import is_mlflow_uri, load_model, source_run_id
 
@@ -54,6 +53,8 @@ def finetune(cfg: Config, model_uri: str, *, run_name: str | None = None) -> Tra
     _, source_cfg = load_model(model_uri, cfg)
     cfg = dataclasses.replace(cfg, preset=source_cfg.preset, model=source_cfg.model,
                               train=dataclasses.replace(cfg.train, init_from=model_uri))
+    from pac.tracking import run_exists
+
     parent = source_run_id(model_uri, cfg) if cfg.tracking.enabled else None
     if parent and not is_mlflow_uri(model_uri) and not run_exists(parent, cfg.tracking):
         # An export copied from another tracking store: its run cannot be a parent here; `init_from` still
@@ -105,8 +106,9 @@ def improve(cfg: Config, model_uri: str, output: str | Path) -> ImproveResult:
     """K rounds of collect -> ingest -> finetune -> evaluate on the robot task(s); writes the curve.
 
     Args:
-        cfg: `improve` (rounds, budgets, mixture weight), `data.dataset` (the original data to mix with),
-            `objective` (the RL objective of finetuning), `eval` (evaluation and collection settings).
+        cfg: `improve` (rounds, budgets, lr and alpha of the rounds, collection temperature, mixture
+            weight), `data.dataset` (the original data to mix with), `objective` (the RL objective of
+            finetuning), `eval` (evaluation, and collection unless `improve.collect_temperature` is set).
         model_uri: the starting model (export or `models:/` URI).
         output: local directory for per-round evaluations, `improve.json`, `improve.md`, `improve.png`.
     """

@@ -108,7 +108,7 @@ def test_export_loads_back_without_pickle(tmp_path: Path) -> None:
     assert sum(p.numel() for p in net.parameters()) > 0
 
 
-@pytest.mark.parametrize("zero_stage", [0, 2])
+@pytest.mark.parametrize("zero_stage", [0, 2, 3])
 def test_bf16_export_holds_the_fp32_master_weights(tmp_path: Path, zero_stage: int) -> None:
     """The module's bf16 copy is the master rounded; the export keeps what rounding would lose."""
     run_synthetic(cfg_dict(str(tmp_path / "run"), steps=2, precision="bf16", zero_stage=zero_stage))

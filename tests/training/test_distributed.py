@@ -76,5 +76,5 @@ def test_zero3_bf16_finetune_on_two_ranks_starts_from_the_given_weights(tmp_path
                                 init_from=source), tmp_path / "o2", nproc=2)[0]["export"]
     before, after = load_file(f"{source}/model.safetensors"), load_file(f"{tuned}/model.safetensors")
     assert before.keys() == after.keys()
-    for name, value in before.items():  # lr ~ 0: equal up to the bf16 rounding of the module's copy
-        assert after[name].float().allclose(value.float(), atol=1e-6, rtol=1e-2), name
+    for name, value in before.items():  # lr ~ 0: equal, with no bf16 rounding (the export is the fp32 master)
+        assert after[name].float().allclose(value.float(), atol=1e-6, rtol=0.0), name

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pac.config import Config, ConfigError, TrainConfig
@@ -201,7 +202,8 @@ class DeepSpeedEngine:
 
         Initial weights go into the module BEFORE `deepspeed.initialize`: the engine's optimizer takes
         its fp32 master copy of the parameters there, and a later load into the module alone would be
-        overwritten by that copy at the first optimizer step.
+        overwritten by that copy at the first optimizer step. Under bf16 that copy is of the rounded
+        module, so the full-precision weights are written into the masters afterwards as well.
         """
         import deepspeed
 
@@ -228,6 +230,8 @@ class DeepSpeedEngine:
             model=learner, optimizer=optimizer, config=self.ds_config,
             lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg.train)))
         self.engine.checkpoint_engine = _safe_checkpoint_engine()
+        if init_weights is not None and cfg.train.precision == "bf16":
+            self._set_masters(init_weights)
         self.target: PerceiverActorCritic | None = None
         if not needs_target(cfg):
             pass
@@ -337,25 +341,60 @@ class DeepSpeedEngine:
     def consolidated_state_dict(self) -> dict[str, torch.Tensor]:
         """Full fp32 network weights (gathered from shards under ZeRO-3; valid on rank 0; every rank calls it).
 
-        Parameters come from the optimizer's fp32 master copy where it keeps one (bf16, any ZeRO stage): the
-        module's bf16 copy is that copy rounded, and updates smaller than bf16's resolution live only in
-        the master, so exporting the module would lose them.
+        Under bf16 the parameters come from the optimizer's fp32 master copy: the module's bf16 copy is
+        that copy rounded, and updates smaller than bf16's resolution live only in the master.
         """
         from deepspeed.utils import safe_get_full_fp32_param
 
-        params = dict(self.net.named_parameters())
-        # ZeRO-0 bf16 runs DeepSpeed's unfused fp16-style optimizer: parallel lists of model and master tensors.
-        opt = self.engine.optimizer
-        unfused = {id(p): m for low, high in zip(getattr(opt, "fp16_groups", []), getattr(opt, "fp32_groups", []))
-                   for p, m in zip(low, high)}
+        bf16 = self.cfg.train.precision == "bf16"
+        unfused = self._unfused_masters() if bf16 else {}
+        out = {}
         with self._gathered(self.net):
-            out = {}
-            for name, tensor in self.net.state_dict().items():
-                param = params.get(name)
-                # Collective under ZeRO-3 (same order on every rank: state_dict order).
-                master = None if param is None else unfused.get(id(param), safe_get_full_fp32_param(param))
+            for name, tensor in self.net.state_dict(keep_vars=True).items():
+                master = None
+                if bf16 and isinstance(tensor, nn.Parameter) and tensor.requires_grad:
+                    master = unfused.get(id(tensor))
+                    if master is None:  # collective under ZeRO-3: every rank walks the same state_dict order
+                        master = safe_get_full_fp32_param(tensor)
+                    if master is None:
+                        raise RuntimeError(f"DeepSpeed keeps no fp32 master copy of {name}")
                 out[name] = (tensor if master is None else master).detach().float().cpu().clone()
-            return out
+        return out
+
+    def _unfused_masters(self) -> dict[int, torch.Tensor]:
+        """ZeRO-0 bf16 runs DeepSpeed's unfused fp16-style optimizer: parallel lists of model and master tensors
+        (ZeRO 1-3 reach theirs through `safe_get/set_full_fp32_param`)."""
+        from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+        opt = self.engine.optimizer
+        if not isinstance(opt, FP16_UnfusedOptimizer):
+            return {}
+        return {id(p): m for low, high in zip(opt.fp16_groups, opt.fp32_groups, strict=True)
+                for p, m in zip(low, high, strict=True)}
+
+    def _set_masters(self, state: dict[str, torch.Tensor]) -> None:
+        """Write full-precision `state` into the bf16 optimizer's fp32 masters (every rank holds all of it).
+
+        `deepspeed.initialize` copies the masters from the bf16 module, i.e. from weights already rounded.
+        """
+        from deepspeed.utils import safe_set_full_fp32_param, safe_set_local_fp32_param
+
+        unfused = self._unfused_masters()
+        with torch.no_grad():
+            for name, param in self.net.state_dict(keep_vars=True).items():
+                if not (isinstance(param, nn.Parameter) and param.requires_grad):
+                    continue
+                value = state[name].float()
+                if id(param) in unfused:
+                    unfused[id(param)].copy_(value)
+                elif self.zero3:
+                    # This rank's slice of the zero-padded flat tensor. (DeepSpeed's own full setter
+                    # ignores the padding and fails on sizes that do not divide by the world size.)
+                    n = param.ds_tensor.numel()
+                    flat = F.pad(value.flatten(), (0, n * self.world.world_size - value.numel()))
+                    safe_set_local_fp32_param(param, flat[n * self.world.rank:n * (self.world.rank + 1)])
+                else:
+                    safe_set_full_fp32_param(param, value)
 
     def _gathered(self, module: nn.Module, modify: bool = False) -> contextlib.AbstractContextManager[Any]:
         if not self.zero3:
