@@ -2,8 +2,9 @@
 
 One script, library APIs only (generate -> ingest -> train -> evaluate):
 
-1. **Data.** For each task, `--random` uniform-random, `--noisy` degraded-expert and `--expert` expert
-   episodes of `--episode-steps` steps (`pac.data.generate`, fixed seeds), ingested into one local dataset.
+1. **Data.** For each task, `--random` uniform-random, `--noisy` degraded-expert, `--damped` sluggish-expert
+   and `--expert` expert episodes of `--episode-steps` steps (`pac.data.generate`, fixed seeds), ingested
+   into one local dataset.
    The default mix is 80% uniform-random and 20% expert episodes: behaviour cloning imitates that
    mixture, while the critic can tell which of the data's actions lead to high returns.
 2. **Training.** BC (alpha=1, beta=0), BC+Q (alpha=1, beta>0) and PAC (alpha<1, the `ObjectiveConfig`
@@ -64,6 +65,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--episode-steps", type=int, default=200, help="episode length for data and evaluation")
     p.add_argument("--random", type=int, default=16, help="uniform-random episodes per task")
     p.add_argument("--noisy", type=int, default=0, help="noisy-expert episodes per task")
+    p.add_argument("--damped", type=int, default=0,
+                   help="damped-expert episodes per task (consistently sub-optimal in the expert's own states)")
+    p.add_argument("--damped-scale", type=float, default=0.1,
+                   help="damped policy: the expert's actions scaled by this towards the centre of the range")
     p.add_argument("--expert", type=int, default=4, help="expert episodes per task")
     p.add_argument("--noisy-expert-prob", type=float, default=0.3,
                    help="noisy policy: probability a step uses the (noised) expert action, else uniform random")
@@ -93,8 +98,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         p.error(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
-    if args.random + args.noisy + args.expert < 1:
-        p.error("--random/--noisy/--expert: need at least one episode per task")
+    if args.random + args.noisy + args.damped + args.expert < 1:
+        p.error("--random/--noisy/--damped/--expert: need at least one episode per task")
     return args
 
 
@@ -106,12 +111,14 @@ def generate(args: argparse.Namespace, stats: Any) -> Iterator[Any]:
     from pac.config import GenerateConfig
     from pac.data.generate import generate_episodes
 
-    for quality, count in (("random", args.random), ("noisy", args.noisy), ("expert", args.expert)):
+    for quality, count in (("random", args.random), ("noisy", args.noisy), ("damped", args.damped),
+                           ("expert", args.expert)):
         if count == 0:
             continue
         cfg = GenerateConfig(tasks=list(args.tasks), episodes_per_policy=count, qualities=[quality],
                              episode_steps=args.episode_steps, seed=args.data_seed,
-                             noisy_expert_prob=args.noisy_expert_prob, noisy_action_std=args.noisy_action_std)
+                             noisy_expert_prob=args.noisy_expert_prob, noisy_action_std=args.noisy_action_std,
+                             damped_scale=args.damped_scale)
         yield from generate_episodes(cfg, stats=stats, progress=False)
 
 

@@ -147,17 +147,19 @@ class GenerateConfig:
     seed: int = 0  # episode seeds derive from this, the task, the quality and the episode index
     noisy_expert_prob: float = 0.5  # 'noisy' policy: probability a step uses the expert (else uniform random)
     noisy_action_std: float = 0.5  # 'noisy' policy: Gaussian noise on expert actions, fraction of half the range
+    damped_scale: float = 0.1  # 'damped' policy: the expert's actions scaled by this towards the range's centre
 
     def __post_init__(self) -> None:
         _check(self.episodes_per_policy >= 1, "generate.episodes_per_policy",
                f"must be >= 1, got {self.episodes_per_policy}")
         _check(self.episode_steps >= 2, "generate.episode_steps", f"must be >= 2, got {self.episode_steps}")
         _check(bool(self.tasks), "generate.tasks", "name at least one task (see `pac tasks`)")
-        _check(bool(self.qualities) and set(self.qualities) <= {"random", "noisy", "expert"}, "generate.qualities",
-               f"choose from random, noisy, expert; got {self.qualities}")
+        _check(bool(self.qualities) and set(self.qualities) <= {"random", "noisy", "damped", "expert"},
+               "generate.qualities", f"choose from random, noisy, damped, expert; got {self.qualities}")
         _check(self.image_size >= 8, "generate.image_size", f"must be >= 8, got {self.image_size}")
         _check(0.0 <= self.noisy_expert_prob <= 1.0, "generate.noisy_expert_prob",
                f"must be in [0, 1], got {self.noisy_expert_prob}")
+        _check(0.0 <= self.damped_scale <= 1.0, "generate.damped_scale", f"must be in [0, 1], got {self.damped_scale}")
         _check(self.noisy_action_std >= 0.0, "generate.noisy_action_std", f"must be >= 0, got {self.noisy_action_std}")
 
 

@@ -13,14 +13,14 @@ from pac.config import GenerateConfig
 from pac.data.generate import ReturnStats, generate_episodes
 from pac.envs import TASKS, make_env
 from pac.envs.experts import dlqr, linearize, make_expert
-from pac.envs.policies import NoisyPolicy, RandomPolicy, make_policy
+from pac.envs.policies import DampedPolicy, NoisyPolicy, RandomPolicy, make_policy
 
 STEPS = 250  # the generator's default time limit: max return 250
 
 
 def returns(task_id: str, quality: str, episodes: int, steps: int = STEPS) -> np.ndarray:
     env = make_env(task_id, seed=0, episode_steps=steps)
-    policy = make_policy(env.spec, quality, expert_prob=0.5, noise_std=0.5)
+    policy = make_policy(env.spec, quality, expert_prob=0.5, noise_std=0.5, damped_scale=0.1)
     out = []
     for i in range(episodes):
         obs = env.reset(seed=100 + i)
@@ -73,7 +73,25 @@ def test_noisy_policy_extremes() -> None:
     assert np.all(actions >= env.action_low) and np.all(actions <= env.action_high)
     assert actions.std(0).min() > 0.4  # uniform on [-1, 1] has std 0.58
     with pytest.raises(ValueError, match="unknown behaviour quality"):
-        make_policy(env.spec, "mediocre", expert_prob=0.5, noise_std=0.5)
+        make_policy(env.spec, "mediocre", expert_prob=0.5, noise_std=0.5, damped_scale=0.1)
+
+
+def test_damped_policy_scales_the_expert_towards_the_centre() -> None:
+    env = make_env("reacher/easy", seed=0, episode_steps=20)
+    obs = env.reset(seed=0)
+    expert = make_expert(env.spec)
+    expert.reset(env, 0)
+    damped = DampedPolicy(make_expert(env.spec), scale=0.1)
+    damped.reset(env, 0)
+    centre = (env.action_high + env.action_low) / 2
+    np.testing.assert_allclose(damped.act(env, obs), centre + 0.1 * (expert.act(env, obs) - centre), rtol=1e-6)
+    with pytest.raises(ValueError, match="scale must be in"):
+        DampedPolicy(make_expert(env.spec), scale=1.5)
+
+
+def test_damped_sits_between_random_and_expert_on_reacher() -> None:
+    random, damped, expert = (returns("reacher/easy", q, 4).mean() for q in ("random", "damped", "expert"))
+    assert random < damped < expert
 
 
 def test_random_policy_is_seeded() -> None:

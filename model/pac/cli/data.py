@@ -167,7 +167,7 @@ def describe(ds: Dataset, versions: dict[int, Manifest]) -> str:
 def add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "generate", help="simulate behaviour policies on the task suite and publish the episodes as a dataset version",
-        description="Run the random, noisy and expert behaviour policies (generate.qualities) on the simulated tasks "
+        description="Run the random, noisy, damped and expert behaviour policies (generate.qualities) on the tasks "
                     "(generate.tasks, see `pac tasks`) for generate.episodes_per_policy episodes each, stream the "
                     "episodes into the next version of --dataset, and print a per-task return table with histograms. "
                     "Seeds are derived from generate.seed, task, quality and episode index (deterministic).")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 SCHEMA_VERSION = 1
-QUALITIES = ("random", "noisy", "expert", "policy", "unknown")
+QUALITIES = ("random", "noisy", "damped", "expert", "policy", "unknown")
 
 
 class EpisodeError(ValueError):

@@ -3,6 +3,9 @@
 - `random`: uniform over the action bounds (the worst data, wide coverage).
 - `noisy`: the expert, but each step with probability `1 - expert_prob` a uniform random action
   replaces its action, and Gaussian noise perturbs the rest (sub-optimal, still task-directed).
+- `damped`: the expert's action shrunk towards the centre of the range (a sluggish controller):
+  consistently sub-optimal in the expert's own states, so the data's most frequent action there is
+  a worse one (what behaviour cloning copies and a critic can see past).
 - `expert`: the task's expert controller (`pac.envs.experts`), which reads privileged physics state.
 
 A policy acts on the `Env` itself, not only on the observation, because experts need that state.
@@ -17,7 +20,7 @@ import numpy as np
 from pac.envs.env import Env, Obs
 from pac.envs.registry import TaskSpec
 
-QUALITY_LEVELS = ("random", "noisy", "expert")  # the behaviour qualities this module can produce
+QUALITY_LEVELS = ("random", "noisy", "damped", "expert")  # the behaviour qualities this module can produce
 
 
 class Policy(abc.ABC):
@@ -75,7 +78,26 @@ class NoisyPolicy(Policy):
         return env.clip(action)
 
 
-def make_policy(spec: TaskSpec, quality: str, *, expert_prob: float, noise_std: float) -> Policy:
+class DampedPolicy(Policy):
+    """The expert with every action scaled by `scale` towards the centre of the action range."""
+
+    def __init__(self, expert: Policy, scale: float) -> None:
+        if not 0.0 <= scale <= 1.0:
+            raise ValueError(f"scale must be in [0, 1], got {scale}")
+        self.expert, self.scale = expert, scale
+        self.name = f"damped_{expert.name}"
+
+    def reset(self, env: Env, seed: int) -> None:
+        super().reset(env, seed)
+        self.expert.reset(env, seed)
+
+    def act(self, env: Env, obs: Obs) -> np.ndarray:
+        centre = (env.action_high + env.action_low) / 2
+        return env.clip(centre + self.scale * (self.expert.act(env, obs) - centre))
+
+
+def make_policy(spec: TaskSpec, quality: str, *, expert_prob: float, noise_std: float,
+                damped_scale: float) -> Policy:
     """A fresh behaviour policy of one quality level for a task (one per environment: policies keep state).
 
     Args:
@@ -83,6 +105,7 @@ def make_policy(spec: TaskSpec, quality: str, *, expert_prob: float, noise_std: 
         quality: one of `QUALITY_LEVELS`.
         expert_prob: the noisy policy's probability of acting with the expert (`GenerateConfig`).
         noise_std: the noisy policy's Gaussian noise, a fraction of half the action range (`GenerateConfig`).
+        damped_scale: the damped policy's scale of the expert's actions (`GenerateConfig`).
 
     Raises:
         ValueError: unknown quality.
@@ -95,4 +118,6 @@ def make_policy(spec: TaskSpec, quality: str, *, expert_prob: float, noise_std: 
         return make_expert(spec)
     if quality == "noisy":
         return NoisyPolicy(make_expert(spec), expert_prob, noise_std)
+    if quality == "damped":
+        return DampedPolicy(make_expert(spec), damped_scale)
     raise ValueError(f"unknown behaviour quality {quality!r}; choose from {', '.join(QUALITY_LEVELS)}")
