@@ -5,8 +5,8 @@ One script, library APIs only (generate -> ingest -> train -> evaluate):
 1. **Data.** For each task, `--random` uniform-random, `--noisy` degraded-expert, `--damped` sluggish-expert
    and `--expert` expert episodes of `--episode-steps` steps (`pac.data.generate`, fixed seeds), ingested
    into one local dataset.
-   The default mix is 80% uniform-random and 20% expert episodes: behaviour cloning imitates that
-   mixture, while the critic can tell which of the data's actions lead to high returns.
+   The default mix is 80% uniform-random and 20% expert episodes; `--random 0 --damped 16 --expert 4`
+   makes the sub-optimal behaviour consistent and in the expert's own states (docs/quality.md has both).
 2. **Training.** BC (alpha=1, beta=0), BC+Q (alpha=1, beta>0) and PAC (alpha<1, the `ObjectiveConfig`
    defaults) with the SAME preset, data, seed, steps and batch size (`pac.training.loop.train`; MLflow off).
 3. **Evaluation.** Each exported policy, greedy (argmax bins, no Q-based action selection), on
@@ -51,6 +51,8 @@ log = logging.getLogger("quality")
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    from pac.config import GenerateConfig
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="outputs/quality", help="output directory (replaced if it exists)")
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task ids (see `pac tasks`)")
@@ -67,7 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--noisy", type=int, default=0, help="noisy-expert episodes per task")
     p.add_argument("--damped", type=int, default=0,
                    help="damped-expert episodes per task (consistently sub-optimal in the expert's own states)")
-    p.add_argument("--damped-scale", type=float, default=0.1,
+    p.add_argument("--damped-scale", type=float, default=GenerateConfig.damped_scale,
                    help="damped policy: the expert's actions scaled by this towards the centre of the range")
     p.add_argument("--expert", type=int, default=4, help="expert episodes per task")
     p.add_argument("--noisy-expert-prob", type=float, default=0.3,
