@@ -71,6 +71,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="damped-expert episodes per task (consistently sub-optimal in the expert's own states)")
     p.add_argument("--damped-scale", type=float, default=GenerateConfig.damped_scale,
                    help="damped policy: the expert's actions scaled by this towards the centre of the range")
+    p.add_argument("--damped-noise-std", type=float, default=GenerateConfig.damped_noise_std,
+                   help="damped policy: Gaussian noise on its actions (fraction of half the action range)")
     p.add_argument("--expert", type=int, default=4, help="expert episodes per task")
     p.add_argument("--noisy-expert-prob", type=float, default=0.3,
                    help="noisy policy: probability a step uses the (noised) expert action, else uniform random")
@@ -120,7 +122,7 @@ def generate(args: argparse.Namespace, stats: Any) -> Iterator[Any]:
         cfg = GenerateConfig(tasks=list(args.tasks), episodes_per_policy=count, qualities=[quality],
                              episode_steps=args.episode_steps, seed=args.data_seed,
                              noisy_expert_prob=args.noisy_expert_prob, noisy_action_std=args.noisy_action_std,
-                             damped_scale=args.damped_scale)
+                             damped_scale=args.damped_scale, damped_noise_std=args.damped_noise_std)
         yield from generate_episodes(cfg, stats=stats, progress=False)
 
 

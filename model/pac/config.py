@@ -148,6 +148,7 @@ class GenerateConfig:
     noisy_expert_prob: float = 0.5  # 'noisy' policy: probability a step uses the expert (else uniform random)
     noisy_action_std: float = 0.5  # 'noisy' policy: Gaussian noise on expert actions, fraction of half the range
     damped_scale: float = 0.1  # 'damped' policy: the expert's actions scaled by this towards the range's centre
+    damped_noise_std: float = 0.0  # 'damped' policy: Gaussian noise on its actions, fraction of half the range
 
     def __post_init__(self) -> None:
         _check(self.episodes_per_policy >= 1, "generate.episodes_per_policy",
@@ -161,6 +162,7 @@ class GenerateConfig:
                f"must be in [0, 1], got {self.noisy_expert_prob}")
         _check(0.0 <= self.damped_scale <= 1.0, "generate.damped_scale", f"must be in [0, 1], got {self.damped_scale}")
         _check(self.noisy_action_std >= 0.0, "generate.noisy_action_std", f"must be >= 0, got {self.noisy_action_std}")
+        _check(self.damped_noise_std >= 0.0, "generate.damped_noise_std", f"must be >= 0, got {self.damped_noise_std}")
 
 
 @dataclass

@@ -20,7 +20,7 @@ STEPS = 250  # the generator's default time limit: max return 250
 
 def returns(task_id: str, quality: str, episodes: int, steps: int = STEPS) -> np.ndarray:
     env = make_env(task_id, seed=0, episode_steps=steps)
-    policy = make_policy(env.spec, quality, expert_prob=0.5, noise_std=0.5, damped_scale=0.1)
+    policy = make_policy(env.spec, quality, expert_prob=0.5, noise_std=0.5, damped_scale=0.1, damped_noise_std=0.0)
     out = []
     for i in range(episodes):
         obs = env.reset(seed=100 + i)
@@ -73,7 +73,7 @@ def test_noisy_policy_extremes() -> None:
     assert np.all(actions >= env.action_low) and np.all(actions <= env.action_high)
     assert actions.std(0).min() > 0.4  # uniform on [-1, 1] has std 0.58
     with pytest.raises(ValueError, match="unknown behaviour quality"):
-        make_policy(env.spec, "mediocre", expert_prob=0.5, noise_std=0.5, damped_scale=0.1)
+        make_policy(env.spec, "mediocre", expert_prob=0.5, noise_std=0.5, damped_scale=0.1, damped_noise_std=0.0)
 
 
 def test_damped_policy_scales_the_expert_towards_the_centre() -> None:
@@ -87,6 +87,21 @@ def test_damped_policy_scales_the_expert_towards_the_centre() -> None:
     np.testing.assert_allclose(damped.act(env, obs), centre + 0.1 * (expert.act(env, obs) - centre), rtol=1e-6)
     with pytest.raises(ValueError, match="scale must be in"):
         DampedPolicy(make_expert(env.spec), scale=1.5)
+
+
+def test_damped_noise_spreads_actions_around_the_damped_action() -> None:
+    env = make_env("reacher/easy", seed=0, episode_steps=20)
+    obs = env.reset(seed=0)
+    damped = make_policy(env.spec, "damped", expert_prob=0.5, noise_std=0.5, damped_scale=0.1, damped_noise_std=0.0)
+    damped.reset(env, 0)
+    mode = damped.act(env, obs)
+    noisy = make_policy(env.spec, "damped", expert_prob=0.5, noise_std=0.5, damped_scale=0.1, damped_noise_std=0.2)
+    noisy.reset(env, 0)
+    # The expert is a pure function of the state, so in one state the noise is the only spread.
+    actions = np.array([noisy.act(env, obs) for _ in range(2000)])
+    half_range = (env.action_high - env.action_low) / 2
+    np.testing.assert_allclose(actions.mean(0), mode, atol=0.03 * half_range.max())
+    np.testing.assert_allclose(actions.std(0), 0.2 * half_range, rtol=0.1)
 
 
 def test_damped_sits_between_random_and_expert_on_reacher() -> None:

@@ -119,7 +119,8 @@ def generate_episodes(cfg: GenerateConfig, *, stats: ReturnStats | None = None,
             for quality in cfg.qualities:
                 # ScriptedSource builds a fresh policy per episode (experts keep per-episode state).
                 factory = functools.partial(make_policy, quality=quality, expert_prob=cfg.noisy_expert_prob,
-                                            noise_std=cfg.noisy_action_std, damped_scale=cfg.damped_scale)
+                                            noise_std=cfg.noisy_action_std, damped_scale=cfg.damped_scale,
+                                            damped_noise_std=cfg.damped_noise_std)
                 policy_name = factory(plan.spec).name
                 bar.set_postfix_str(f"{task} {quality}")
                 rollouts = iter_rollout(ScriptedSource(factory, name=policy_name), plan, rollout_cfg,
@@ -137,6 +138,7 @@ def generate_episodes(cfg: GenerateConfig, *, stats: ReturnStats | None = None,
                         provenance["noisy_action_std"] = str(cfg.noisy_action_std)
                     if quality == "damped":
                         provenance["damped_scale"] = str(cfg.damped_scale)
+                        provenance["damped_noise_std"] = str(cfg.damped_noise_std)
                     episode = dataclasses.replace(episode, quality=quality, policy=policy_name,
                                                   provenance=provenance,
                                                   episode_id=f"generate/{task}/{quality}/{result.index:05d}")

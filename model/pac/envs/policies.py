@@ -5,7 +5,9 @@
   replaces its action, and Gaussian noise perturbs the rest (sub-optimal, still task-directed).
 - `damped`: the expert's action shrunk towards the centre of the range (a sluggish controller):
   consistently sub-optimal in the expert's own states, so the data's most frequent action there is
-  a worse one (what behaviour cloning copies and a critic can see past).
+  a worse one (what behaviour cloning copies and a critic can see past). Optional Gaussian noise
+  around the damped action (an exploring sluggish controller) puts better and worse actions next to
+  the data's mode, the counterfactuals a critic needs to rank actions in those states.
 - `expert`: the task's expert controller (`pac.envs.experts`), which reads privileged physics state.
 
 A policy acts on the `Env` itself, not only on the observation, because experts need that state.
@@ -97,7 +99,7 @@ class DampedPolicy(Policy):
 
 
 def make_policy(spec: TaskSpec, quality: str, *, expert_prob: float, noise_std: float,
-                damped_scale: float) -> Policy:
+                damped_scale: float, damped_noise_std: float) -> Policy:
     """A fresh behaviour policy of one quality level for a task (one per environment: policies keep state).
 
     Args:
@@ -106,6 +108,8 @@ def make_policy(spec: TaskSpec, quality: str, *, expert_prob: float, noise_std: 
         expert_prob: the noisy policy's probability of acting with the expert (`GenerateConfig`).
         noise_std: the noisy policy's Gaussian noise, a fraction of half the action range (`GenerateConfig`).
         damped_scale: the damped policy's scale of the expert's actions (`GenerateConfig`).
+        damped_noise_std: Gaussian noise on the damped policy's actions, a fraction of half the action
+            range (`GenerateConfig`; 0: none).
 
     Raises:
         ValueError: unknown quality.
@@ -119,5 +123,6 @@ def make_policy(spec: TaskSpec, quality: str, *, expert_prob: float, noise_std: 
     if quality == "noisy":
         return NoisyPolicy(make_expert(spec), expert_prob, noise_std)
     if quality == "damped":
-        return DampedPolicy(make_expert(spec), damped_scale)
+        damped = DampedPolicy(make_expert(spec), damped_scale)
+        return NoisyPolicy(damped, 1.0, damped_noise_std) if damped_noise_std > 0 else damped
     raise ValueError(f"unknown behaviour quality {quality!r}; choose from {', '.join(QUALITY_LEVELS)}")
