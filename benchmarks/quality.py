@@ -352,6 +352,26 @@ def summary_table(results: dict[str, dict[int, dict[str, Any]]], tasks: Sequence
     return "\n".join(lines)
 
 
+def paired_table(results: dict[str, dict[int, dict[str, Any]]], baseline: str = "BC") -> str:
+    """Markdown table: each method minus `baseline`, paired by training seed (same data, initial weights and
+    batches), with the 95% Student-t interval of the mean difference. Empty without two shared seeds."""
+    from pac.evaluation import mean_ci95
+
+    base = results.get(baseline, {})
+    lines = [f"| method | seeds | mean − {baseline} | 95% CI | seeds above {baseline} |", "|---|---:|---:|---|---:|"]
+    for method, runs in results.items():
+        seeds = sorted(set(runs) & set(base))
+        if method == baseline or len(seeds) < 2:
+            continue
+        diff = [runs[s]["report"]["summary"]["normalized_score_mean"]
+                - base[s]["report"]["summary"]["normalized_score_mean"] for s in seeds]
+        mean, ci = mean_ci95(diff)
+        assert ci is not None  # two or more seeds
+        lines.append(f"| {method} | {len(seeds)} | {mean:+.3f} | [{ci[0]:+.3f}, {ci[1]:+.3f}] | "
+                     f"{sum(d > 0 for d in diff)} of {len(seeds)} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def probe_table(results: dict[str, dict[int, dict[str, Any]]], tasks: Sequence[str]) -> str:
     """Markdown table of the per-task probes on the expert's states, per method and seed."""
     keys = ("critic_expert_pct", "critic_mirror_pct", "greedy_expert_dist")
@@ -419,7 +439,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                       f"{sum(r['eval_s'] for r in runs.values()) / 60:.1f} min" for m, runs in results.items())
           + f"; {len(args.seeds)} seed(s) per method)", "",
           "## Mean normalised score (0 = uniform random, 1 = maximum return)", "",
-          summary_table(results, args.tasks), "", "## Per task", ""]
+          summary_table(results, args.tasks), ""]
+    paired = paired_table(results)
+    if paired:
+        md += ["## Paired by training seed", "", paired, ""]
+    md += ["## Per task", ""]
     for task in args.tasks:
         md += [task_table(task, results), ""]
     md += ["## Training data", "", "```", data["table"], "```", "",

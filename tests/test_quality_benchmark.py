@@ -12,11 +12,11 @@ from types import ModuleType
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "quality.py"
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def load_benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("quality_benchmark", SCRIPT)
+def load_benchmark(name: str = "quality") -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -46,6 +46,44 @@ def test_tables_have_a_row_per_method_and_seed(quality: ModuleType) -> None:
     assert "| **PAC** | mean" not in task  # one seed: no mean row
     diag = quality.diagnostics_table(results, {"a/b": 3.0})
     assert "| BC | 1 | 1 | 0.5 | 1.0 |" in diag and "a/b 3.0" in diag
+
+
+def test_paired_table_compares_each_method_with_bc_seed_by_seed(quality: ModuleType) -> None:
+    results = {"BC": {0: fake_result(0.2), 1: fake_result(0.3), 2: fake_result(0.9)},
+               "PAC": {0: fake_result(0.5), 1: fake_result(0.4)}, "BC+Q": {0: fake_result(0.1)}}
+    table = quality.paired_table(results)
+    # Differences +0.3 and +0.1 (seed 2 has no PAC run): mean +0.2, t(1) = 12.706 times 0.1 either side.
+    assert "| PAC | 2 | +0.200 | [-1.071, +1.471] | 2 of 2 |" in table
+    assert "BC+Q" not in table  # one shared seed: no interval
+    assert quality.paired_table({"BC": results["BC"]}) == ""
+
+
+def test_merge_joins_runs_and_refuses_mismatched_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the merge script imports its sibling as a script does
+    merge = load_benchmark("quality_merge")
+    args = vars(merge.parse_args(["--output", "x", "--tasks", "a/b", "--random", "0", "--damped", "16"]))
+
+    def write(name: str, methods: dict, **changed: object) -> Path:
+        run = tmp_path / name
+        run.mkdir()
+        # Runs made before an option existed lack it: the merge fills in the default (here: damped_noise_std).
+        saved = {k: v for k, v in {**args, **changed}.items() if k != "damped_noise_std"}
+        (run / "results.json").write_text(json.dumps({"args": saved, "methods": methods}))
+        return run
+
+    a = write("s0", {"PAC": {"0": fake_result(0.5)}, "BC": {"0": fake_result(0.2)}}, seeds=[0])
+    b = write("s1", {"BC": {"1": fake_result(0.3)}, "PAC": {"1": fake_result(0.4)}}, seeds=[1], threads=2)
+    settings, results = merge.merge([a, b])
+    assert list(results) == ["BC", "PAC"] and list(results["PAC"]) == [0, 1] and settings["tasks"] == ["a/b"]
+    text = merge.report(settings, results, [a, b], "merge")
+    assert "| PAC | 2 | +0.200 |" in text and "### a/b" in text
+    with pytest.raises(SystemExit, match="PAC seed 0 is in both"):
+        merge.merge([a, a])
+    other = write("other", {"BC": {"2": fake_result(0.3)}}, damped=4)
+    with pytest.raises(SystemExit, match="settings differ .* in damped"):
+        merge.merge([a, other])
+    with pytest.raises(SystemExit, match="results.json: not found"):
+        merge.merge([tmp_path / "missing"])
 
 
 def test_discounted_returns(quality: ModuleType) -> None:

@@ -1,0 +1,97 @@
+"""Merge several `benchmarks/quality.py` runs into one report: the same tables over the union of their
+methods and training seeds, plus each method's difference from BC paired by seed.
+
+Runs of the benchmark are independent per (method, seed) and deterministic, so one process per seed (two
+at a time on a 2-core machine) gives the same numbers as one process with `--seeds 0,1,...`; this joins them.
+It refuses runs whose settings differ in anything but the methods, seeds and output (a different dataset or
+budget would make the comparison meaningless).
+
+    .venv/bin/python benchmarks/quality_merge.py outputs/quality-damped-s* outputs/quality-damped-bcq-* \\
+        --output outputs/quality-damped.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from quality import paired_table, parse_args, summary_table, task_table  # this folder is on sys.path as a script
+
+PER_RUN = {"output", "seeds", "methods", "threads", "log_every"}  # settings that may differ between merged runs
+METHOD_ORDER = ("BC", "BC+Q", "PAC")
+
+
+def merge(paths: Sequence[Path]) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, Any]]]]:
+    """The shared settings and {method: {seed: run}} of the runs in `paths` (directories of results.json).
+
+    Raises:
+        SystemExit: a missing results.json, runs with different settings, or one (method, seed) twice.
+    """
+    # A run made before an option existed ran with its default: compare settings with the defaults filled in.
+    defaults = {k: v for k, v in vars(parse_args(["--output", "-"])).items() if k not in PER_RUN}
+    settings: dict[str, Any] | None = None
+    first = ""
+    results: dict[str, dict[int, dict[str, Any]]] = {}
+    where: dict[tuple[str, int], str] = {}
+    for path in paths:
+        file = path / "results.json"
+        if not file.is_file():
+            raise SystemExit(f"{file}: not found (a finished benchmarks/quality.py run writes it)")
+        data = json.loads(file.read_text())
+        shared = {**defaults, **{k: v for k, v in data["args"].items() if k not in PER_RUN}}
+        if settings is None:
+            settings, first = shared, str(path)
+        elif shared != settings:
+            diff = sorted(k for k in settings.keys() | shared.keys() if settings.get(k) != shared.get(k))
+            raise SystemExit(f"{path}: settings differ from {first} in {', '.join(diff)}; only runs of the same "
+                             "data, budget and evaluation can be merged")
+        for method, runs in data["methods"].items():
+            for seed_text, run in runs.items():
+                seed = int(seed_text)
+                if (method, seed) in where:
+                    raise SystemExit(f"{method} seed {seed} is in both {where[method, seed]} and {path}")
+                where[method, seed] = str(path)
+                results.setdefault(method, {})[seed] = run
+    if settings is None:
+        raise SystemExit("name at least one run directory")
+    order = sorted(results, key=lambda m: METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER))
+    return settings, {m: dict(sorted(results[m].items())) for m in order}
+
+
+def report(settings: dict[str, Any], results: dict[str, dict[int, dict[str, Any]]], sources: Sequence[Path],
+           command: str) -> str:
+    tasks = settings["tasks"]
+    md = ["# Quality benchmark: merged runs", "", f"Command: `{command}`", "",
+          "Runs: " + ", ".join(f"`{p}`" for p in sources), "",
+          "## Mean normalised score (0 = uniform random, 1 = maximum return)", "", summary_table(results, tasks), ""]
+    paired = paired_table(results)
+    if paired:
+        md += ["## Paired by training seed", "", paired, ""]
+    md += ["## Per task", ""]
+    for task in tasks:
+        md += [task_table(task, results), ""]
+    return "\n".join(md)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", type=Path, help="output directories of benchmarks/quality.py runs")
+    p.add_argument("--output", type=Path, default=None, help="write the merged markdown here (else only print)")
+    args = p.parse_args(argv)
+    settings, results = merge(args.runs)
+    command = ".venv/bin/python benchmarks/quality_merge.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = report(settings, results, args.runs, command)
+    print(text)
+    if args.output is not None:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+        print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
