@@ -4,7 +4,8 @@ methods and training seeds, plus each method's difference from BC paired by seed
 Runs of the benchmark are independent per (method, seed) and deterministic, so one process per seed (two
 at a time on a 2-core machine) gives the same numbers as one process with `--seeds 0,1,...`; this joins them.
 It refuses runs whose settings differ in anything but the methods, seeds and output (a different dataset or
-budget would make the comparison meaningless).
+budget would make the comparison meaningless), and runs of one method whose resolved objectives differ (a
+run made before a default changed). `DIR:BC,BC+Q` takes only those methods from a run.
 
     .venv/bin/python benchmarks/quality_merge.py outputs/quality-damped-s* outputs/quality-damped-bcq-* \\
         --output outputs/quality-damped.md
@@ -25,11 +26,18 @@ PER_RUN = {"output", "seeds", "methods", "threads", "log_every"}  # settings tha
 METHOD_ORDER = ("BC", "BC+Q", "PAC")
 
 
-def merge(paths: Sequence[Path]) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, Any]]]]:
-    """The shared settings and {method: {seed: run}} of the runs in `paths` (directories of results.json).
+def parse_run(spec: str) -> tuple[Path, set[str] | None]:
+    """`DIR` or `DIR:METHOD,...` -> (directory, the methods to take from it; None: all)."""
+    path, sep, methods = spec.rpartition(":") if ":" in spec else (spec, "", "")
+    return Path(path), ({m for m in methods.split(",") if m} if sep else None)
+
+
+def merge(runs: Sequence[str | Path]) -> tuple[dict[str, Any], dict[str, dict[int, dict[str, Any]]]]:
+    """The shared settings and {method: {seed: run}} of `runs` (directories of results.json, see `parse_run`).
 
     Raises:
-        SystemExit: a missing results.json, runs with different settings, or one (method, seed) twice.
+        SystemExit: a missing results.json, runs with different settings, one method with different
+            objectives, or one (method, seed) twice.
     """
     # A run made before an option existed ran with its default: compare settings with the defaults filled in.
     defaults = {k: v for k, v in vars(parse_args(["--output", "-"])).items() if k not in PER_RUN}
@@ -37,7 +45,9 @@ def merge(paths: Sequence[Path]) -> tuple[dict[str, Any], dict[str, dict[int, di
     first = ""
     results: dict[str, dict[int, dict[str, Any]]] = {}
     where: dict[tuple[str, int], str] = {}
-    for path in paths:
+    objectives: dict[str, tuple[dict[str, Any], str]] = {}
+    for spec in runs:
+        path, take = parse_run(str(spec))
         file = path / "results.json"
         if not file.is_file():
             raise SystemExit(f"{file}: not found (a finished benchmarks/quality.py run writes it)")
@@ -49,9 +59,16 @@ def merge(paths: Sequence[Path]) -> tuple[dict[str, Any], dict[str, dict[int, di
             diff = sorted(k for k in settings.keys() | shared.keys() if settings.get(k) != shared.get(k))
             raise SystemExit(f"{path}: settings differ from {first} in {', '.join(diff)}; only runs of the same "
                              "data, budget and evaluation can be merged")
-        for method, runs in data["methods"].items():
-            for seed_text, run in runs.items():
+        for method, by_seed in data["methods"].items():
+            if take is not None and method not in take:
+                continue
+            for seed_text, run in by_seed.items():
                 seed = int(seed_text)
+                known, source = objectives.setdefault(method, (run["objective"], str(path)))
+                if run["objective"] != known:
+                    diff = sorted(k for k in known if known[k] != run["objective"].get(k))
+                    raise SystemExit(f"{method} in {path} was trained with another objective than in {source} "
+                                     f"({', '.join(diff)}); take it from one of them only (DIR:METHODS)")
                 if (method, seed) in where:
                     raise SystemExit(f"{method} seed {seed} is in both {where[method, seed]} and {path}")
                 where[method, seed] = str(path)
@@ -62,7 +79,7 @@ def merge(paths: Sequence[Path]) -> tuple[dict[str, Any], dict[str, dict[int, di
     return settings, {m: dict(sorted(results[m].items())) for m in order}
 
 
-def report(settings: dict[str, Any], results: dict[str, dict[int, dict[str, Any]]], sources: Sequence[Path],
+def report(settings: dict[str, Any], results: dict[str, dict[int, dict[str, Any]]], sources: Sequence[str],
            command: str) -> str:
     tasks = settings["tasks"]
     md = ["# Quality benchmark: merged runs", "", f"Command: `{command}`", "",
@@ -79,7 +96,7 @@ def report(settings: dict[str, Any], results: dict[str, dict[int, dict[str, Any]
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("runs", nargs="+", type=Path, help="output directories of benchmarks/quality.py runs")
+    p.add_argument("runs", nargs="+", help="output directories of benchmarks/quality.py runs (DIR:BC,PAC: only those)")
     p.add_argument("--output", type=Path, default=None, help="write the merged markdown here (else only print)")
     args = p.parse_args(argv)
     settings, results = merge(args.runs)

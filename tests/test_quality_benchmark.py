@@ -33,7 +33,7 @@ def fake_result(score: float, success: float | None = 0.5) -> dict:
     task = {"return_mean": 10.0 * score, "return_ci95": [1.0, 2.0], "random_return_mean": 0.5, "max_return": 100.0,
             "normalized_score": score, "normalized_ci95": [score - 0.1, score + 0.1], "success_rate": success}
     return {"report": {"tasks": {"a/b": task}, "summary": {"normalized_score_mean": score}},
-            "diagnostics": {"bc_nll": 1.0, "eta": 0.5}, "train_s": 60.0, "eval_s": 6.0}
+            "diagnostics": {"bc_nll": 1.0, "eta": 0.5}, "train_s": 60.0, "eval_s": 6.0, "objective": {"alpha": 0.75}}
 
 
 def test_tables_have_a_row_per_method_and_seed(quality: ModuleType) -> None:
@@ -79,6 +79,11 @@ def test_merge_joins_runs_and_refuses_mismatched_ones(tmp_path: Path, monkeypatc
     assert "| PAC | 2 | +0.200 |" in text and "### a/b" in text
     with pytest.raises(SystemExit, match="PAC seed 0 is in both"):
         merge.merge([a, a])
+    # A method trained with another objective (a default changed since) is refused, unless left out.
+    newer = write("newer", {"BC": {"2": fake_result(0.3)}, "PAC": {"2": {**fake_result(0.6), "objective": {}}}})
+    with pytest.raises(SystemExit, match="PAC in .*newer was trained with another objective .*alpha"):
+        merge.merge([a, newer])
+    assert list(merge.merge([a, f"{newer}:BC"])[1]["BC"]) == [0, 2]
     other = write("other", {"BC": {"2": fake_result(0.3)}}, damped=4)
     with pytest.raises(SystemExit, match="settings differ .* in damped"):
         merge.merge([a, other])

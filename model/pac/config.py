@@ -79,7 +79,7 @@ class ObjectiveConfig:
     learn_eta: bool = True  # MPO-style dual on eta with KL bound epsilon
     epsilon: float = 0.1  # KL bound of the eta dual
     eta_min: float = 1e-3
-    eta_lr_scale: float = 10.0  # eta's step size relative to train.lr: the dual must track Q's changing spread
+    eta_lr_scale: float = 100.0  # eta's step size / train.lr; at 10 the dual lagged Q's spread, KL 2-5x epsilon
     num_action_samples: int = 20  # a' ~ pi_theta' per state for the improvement term and the critic target
     uniform_mix: float = 0.0  # mix of uniform into the sampling policy (guards entropy collapse)
     n_step: int = 20  # longer returns carry more of an action's consequences on sub-optimal data (docs/quality.md)
