@@ -101,6 +101,15 @@ def test_checkpoint_of_another_preset_is_a_named_mismatch(tmp_path: Path) -> Non
         run_synthetic(other)
 
 
+def test_checkpoint_of_another_eta_parameterisation_is_a_named_mismatch(tmp_path: Path) -> None:
+    out = str(tmp_path / "run")
+    run_synthetic(cfg_dict(out, steps=2))
+    other = cfg_dict(out, steps=4)
+    other["objective"] = {**other["objective"], "eta_lr_scale": 10.0}
+    with pytest.raises(CheckpointError, match="eta_lr_scale=100.0 and this run has 10.0.*--objective.eta_lr_scale"):
+        run_synthetic(other)
+
+
 def test_export_loads_back_without_pickle(tmp_path: Path) -> None:
     run_synthetic(cfg_dict(str(tmp_path / "run"), steps=2))
     net, cfg = load_export(tmp_path / "run" / "export")

@@ -5,7 +5,7 @@ Layout under the run directory (`train.output`, local or s3://):
     checkpoints/step_0000200/<engine files, per rank>     DeepSpeed model/optimizer/scheduler states
     checkpoints/step_0000200/target_rank000.safetensors   target network (partition) per rank
     checkpoints/step_0000200/trainer_rank000.json         loader position, RNG state, MLflow run id
-    checkpoints/step_0000200/manifest.json                written LAST: step, preset, model config,
+    checkpoints/step_0000200/manifest.json                written LAST: step, preset, model config, eta scale,
                                                           sha256 + size of every file above
 
 A checkpoint without a manifest does not exist (a crash mid-save leaves nothing visible). Every file
@@ -98,7 +98,9 @@ class CheckpointStore:
         if self.rank == 0:
             files = {k: v for part in gathered for k, v in part.items()}
             manifest = {"format": FORMAT, "step": step, "preset": cfg.preset, "world_size": self.world_size,
-                        "zero_stage": cfg.train.zero_stage, "model": dataclasses.asdict(cfg.model), "files": files}
+                        "zero_stage": cfg.train.zero_stage, "model": dataclasses.asdict(cfg.model),
+                        # eta's stored parameter is read through this scale (objective.Temperature)
+                        "eta_lr_scale": cfg.objective.eta_lr_scale, "files": files}
             self.store.put_bytes(f"{t}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
             for old in self.steps()[:-keep]:
                 for key in self.store.list(tag(old) + "/"):
@@ -128,6 +130,10 @@ class CheckpointStore:
             diff = [k for k, v in manifest["model"].items() if dataclasses.asdict(cfg.model).get(k) != v]
             raise CheckpointError(f"checkpoint {where} is of preset {manifest['preset']!r} and this run is "
                                   f"{cfg.preset!r}: model fields differ ({', '.join(diff)})")
+        scale = manifest.get("eta_lr_scale", cfg.objective.eta_lr_scale)  # older manifests do not say
+        if scale != cfg.objective.eta_lr_scale:
+            raise CheckpointError(f"checkpoint {where} stores eta for objective.eta_lr_scale={scale} and this run "
+                                  f"has {cfg.objective.eta_lr_scale}: resume with --objective.eta_lr_scale {scale}")
         if manifest["world_size"] != self.world_size or manifest["zero_stage"] != cfg.train.zero_stage:
             raise CheckpointError(f"checkpoint {where} was written by {manifest['world_size']} rank(s) at ZeRO "
                                   f"stage {manifest['zero_stage']}; resume with the same layout, or export its "
