@@ -13,8 +13,10 @@ One script, library APIs only (generate -> ingest -> train -> evaluate):
    `--eval-episodes` fixed-seed episodes per task (`pac.evaluation.evaluate_model`): normalised score
    `(R - R_random) / (R_max - R_random)`, as everywhere in the project.
 
-Prints one table per task and the mean normalised score per method, and writes `results.json` and
+Prints one table per task and the mean normalised score per method (with two or more seeds, also each
+method's difference from BC paired by seed, with its 95% t-interval), and writes `results.json` and
 `results.md` (plus the dataset, runs and per-method evaluation reports) into `--output`.
+`benchmarks/quality_merge.py` joins runs made one seed per process into the same report.
 
     .venv/bin/python benchmarks/quality.py --output outputs/quality          # the documented run
     .venv/bin/python benchmarks/quality.py --output /tmp/q --steps 50 --tasks cartpole/balance \
