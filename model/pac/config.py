@@ -20,6 +20,7 @@ import yaml
 
 # Camera resolution shared by the simulator (what episodes store) and the vision encoder.
 IMAGE_SIZE = 64
+BEHAVIOUR_QUALITIES = ("random", "noisy", "damped", "expert")  # what `pac.envs.policies` can generate
 
 
 class ConfigError(ValueError):
@@ -155,8 +156,8 @@ class GenerateConfig:
                f"must be >= 1, got {self.episodes_per_policy}")
         _check(self.episode_steps >= 2, "generate.episode_steps", f"must be >= 2, got {self.episode_steps}")
         _check(bool(self.tasks), "generate.tasks", "name at least one task (see `pac tasks`)")
-        _check(bool(self.qualities) and set(self.qualities) <= {"random", "noisy", "damped", "expert"},
-               "generate.qualities", f"choose from random, noisy, damped, expert; got {self.qualities}")
+        _check(bool(self.qualities) and set(self.qualities) <= set(BEHAVIOUR_QUALITIES),
+               "generate.qualities", f"choose from {', '.join(BEHAVIOUR_QUALITIES)}; got {self.qualities}")
         _check(self.image_size >= 8, "generate.image_size", f"must be >= 8, got {self.image_size}")
         _check(0.0 <= self.noisy_expert_prob <= 1.0, "generate.noisy_expert_prob",
                f"must be in [0, 1], got {self.noisy_expert_prob}")

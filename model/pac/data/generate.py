@@ -24,10 +24,10 @@ import numpy as np
 from tqdm import tqdm
 
 from pac import __version__
-from pac.config import ConfigError, EvalConfig, GenerateConfig
+from pac.config import EvalConfig, GenerateConfig
 from pac.data.schema import Episode
 from pac.envs import get_task
-from pac.envs.policies import QUALITY_LEVELS, make_policy
+from pac.envs.policies import make_policy
 from pac.evaluation import ScriptedSource, TaskPlan, iter_rollout
 
 GENERATOR_VERSION = "2"  # bump when the same config would produce different episodes
@@ -85,12 +85,10 @@ def _bars(counts: np.ndarray) -> str:
 
 
 def check_config(cfg: GenerateConfig) -> None:
-    """Fail before any simulation if a task or quality is unknown (the message lists the valid ones)."""
+    """Fail before any simulation if a task is unknown (the message lists the valid ones; qualities are
+    checked when the `GenerateConfig` is made)."""
     for task in cfg.tasks:
         get_task(task)
-    unknown = [q for q in cfg.qualities if q not in QUALITY_LEVELS]
-    if unknown:
-        raise ConfigError(f"generate.qualities: unknown {unknown}; choose from {', '.join(QUALITY_LEVELS)}")
 
 
 def generate_episodes(cfg: GenerateConfig, *, stats: ReturnStats | None = None,
@@ -104,7 +102,6 @@ def generate_episodes(cfg: GenerateConfig, *, stats: ReturnStats | None = None,
 
     Raises:
         UnknownTaskError: a task id is not registered (raised before anything is simulated).
-        ConfigError: an unknown quality.
         RenderingUnavailable: `cfg.vision` on a machine that cannot render.
     """
     check_config(cfg)

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pac.config import BEHAVIOUR_QUALITIES
+
 SCHEMA_VERSION = 1
-QUALITIES = ("random", "noisy", "damped", "expert", "policy", "unknown")
+QUALITIES = (*BEHAVIOUR_QUALITIES, "policy", "unknown")  # + collected by a trained policy, or not known
 
 
 class EpisodeError(ValueError):

@@ -19,10 +19,9 @@ import abc
 
 import numpy as np
 
+from pac.config import BEHAVIOUR_QUALITIES
 from pac.envs.env import Env, Obs
 from pac.envs.registry import TaskSpec
-
-QUALITY_LEVELS = ("random", "noisy", "damped", "expert")  # the behaviour qualities this module can produce
 
 
 class Policy(abc.ABC):
@@ -104,7 +103,7 @@ def make_policy(spec: TaskSpec, quality: str, *, expert_prob: float, noise_std: 
 
     Args:
         spec: the task (selects the expert).
-        quality: one of `QUALITY_LEVELS`.
+        quality: one of `pac.config.BEHAVIOUR_QUALITIES`.
         expert_prob: the noisy policy's probability of acting with the expert (`GenerateConfig`).
         noise_std: the noisy policy's Gaussian noise, a fraction of half the action range (`GenerateConfig`).
         damped_scale: the damped policy's scale of the expert's actions (`GenerateConfig`).
@@ -125,4 +124,4 @@ def make_policy(spec: TaskSpec, quality: str, *, expert_prob: float, noise_std: 
     if quality == "damped":
         damped = DampedPolicy(make_expert(spec), damped_scale)
         return NoisyPolicy(damped, 1.0, damped_noise_std) if damped_noise_std > 0 else damped
-    raise ValueError(f"unknown behaviour quality {quality!r}; choose from {', '.join(QUALITY_LEVELS)}")
+    raise ValueError(f"unknown behaviour quality {quality!r}; choose from {', '.join(BEHAVIOUR_QUALITIES)}")
