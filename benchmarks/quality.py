@@ -374,6 +374,19 @@ def paired_table(results: dict[str, dict[int, dict[str, Any]]], baseline: str = 
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def score_sections(results: dict[str, dict[int, dict[str, Any]]], tasks: Sequence[str]) -> list[str]:
+    """Markdown lines of the score part of a report: the summary, the paired differences (with two or more
+    shared seeds) and one table per task."""
+    md = ["## Mean normalised score (0 = uniform random, 1 = maximum return)", "", summary_table(results, tasks), ""]
+    paired = paired_table(results)
+    if paired:
+        md += ["## Paired by training seed", "", paired, ""]
+    md += ["## Per task", ""]
+    for task in tasks:
+        md += [task_table(task, results), ""]
+    return md
+
+
 def probe_table(results: dict[str, dict[int, dict[str, Any]]], tasks: Sequence[str]) -> str:
     """Markdown table of the per-task probes on the expert's states, per method and seed."""
     keys = ("critic_expert_pct", "critic_mirror_pct", "greedy_expert_dist")
@@ -440,19 +453,12 @@ def main(argv: Sequence[str] | None = None) -> int:
           + ", ".join(f"{m} train {sum(r['train_s'] for r in runs.values()) / 60:.1f} + eval "
                       f"{sum(r['eval_s'] for r in runs.values()) / 60:.1f} min" for m, runs in results.items())
           + f"; {len(args.seeds)} seed(s) per method)", "",
-          "## Mean normalised score (0 = uniform random, 1 = maximum return)", "",
-          summary_table(results, args.tasks), ""]
-    paired = paired_table(results)
-    if paired:
-        md += ["## Paired by training seed", "", paired, ""]
-    md += ["## Per task", ""]
-    for task in args.tasks:
-        md += [task_table(task, results), ""]
-    md += ["## Training data", "", "```", data["table"], "```", "",
-           "## Training diagnostics (mean over the last 10% of steps)", "",
-           diagnostics_table(results, data["mc_discounted_return"]), "",
-           "## Probes per task (expert states; 0.5 = chance for the critic)", "",
-           probe_table(results, args.tasks), ""]
+          *score_sections(results, args.tasks),
+          "## Training data", "", "```", data["table"], "```", "",
+          "## Training diagnostics (mean over the last 10% of steps)", "",
+          diagnostics_table(results, data["mc_discounted_return"]), "",
+          "## Probes per task (expert states; 0.5 = chance for the critic)", "",
+          probe_table(results, args.tasks), ""]
     text = "\n".join(md)
     (root / "results.md").write_text(text)
     (root / "results.json").write_text(json.dumps({

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from quality import paired_table, parse_args, summary_table, task_table  # this folder is on sys.path as a script
+from quality import parse_args, score_sections  # this folder is on sys.path when run as a script
 
 PER_RUN = {"output", "seeds", "methods", "threads", "log_every"}  # settings that may differ between merged runs
 METHOD_ORDER = ("BC", "BC+Q", "PAC")
@@ -81,16 +81,8 @@ def merge(runs: Sequence[str | Path]) -> tuple[dict[str, Any], dict[str, dict[in
 
 def report(settings: dict[str, Any], results: dict[str, dict[int, dict[str, Any]]], sources: Sequence[str],
            command: str) -> str:
-    tasks = settings["tasks"]
     md = ["# Quality benchmark: merged runs", "", f"Command: `{command}`", "",
-          "Runs: " + ", ".join(f"`{p}`" for p in sources), "",
-          "## Mean normalised score (0 = uniform random, 1 = maximum return)", "", summary_table(results, tasks), ""]
-    paired = paired_table(results)
-    if paired:
-        md += ["## Paired by training seed", "", paired, ""]
-    md += ["## Per task", ""]
-    for task in tasks:
-        md += [task_table(task, results), ""]
+          "Runs: " + ", ".join(f"`{p}`" for p in sources), "", *score_sections(results, settings["tasks"])]
     return "\n".join(md)
 
 
