@@ -18,6 +18,7 @@ from pac.config import Config, ConfigError, ModelConfig, ObjectiveConfig, TrainC
     (lambda: ObjectiveConfig(target_update="sometimes"), "objective.target_update"),
     (lambda: ModelConfig(d_model=65, num_heads=4), "model.d_model"),
     (lambda: ModelConfig(value_min=5, value_max=1), "model.value_max"),
+    (lambda: ModelConfig(proprio_fourier_bands=-1), "model.proprio_fourier_bands"),
     (lambda: TrainConfig(global_batch_size=10, micro_batch_size=4), "train.global_batch_size"),
     (lambda: TrainConfig(zero_stage=4), "train.zero_stage"),
     (lambda: TrainConfig(offload_optimizer=True, zero_stage=1), "train.offload_optimizer"),

@@ -43,6 +43,7 @@ class ModelConfig:
     mlp_ratio: int = 4
     decoder_layers: int = 1  # cross-attention layers in each decoder
     max_proprio_dims: int = 96  # learned per-dimension position embeddings for proprio tokens
+    proprio_fourier_bands: int = 8  # sin/cos of each proprio value at periods 8, 4, ..., 8/2^(bands-1); 0: value only
     max_action_dims: int = 16  # policy queries; embodiments with fewer dims are masked
     action_bins: int = 101  # per-dimension uniform bins over [-1, 1] (normalised action bounds)
     value_atoms: int = 101  # categorical Q support
@@ -59,6 +60,8 @@ class ModelConfig:
             _check(getattr(self, name) >= 1, f"model.{name}", f"must be >= 1, got {getattr(self, name)}")
         _check(self.d_model % self.num_heads == 0, "model.d_model",
                f"{self.d_model} is not divisible by model.num_heads={self.num_heads}")
+        _check(self.proprio_fourier_bands >= 0, "model.proprio_fourier_bands",
+               f"must be >= 0, got {self.proprio_fourier_bands}")
         _check(self.action_bins >= 2, "model.action_bins", f"need at least 2 bins, got {self.action_bins}")
         _check(self.value_atoms >= 2, "model.value_atoms", f"need at least 2 atoms, got {self.value_atoms}")
         _check(self.value_max > self.value_min, "model.value_max",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 from pac.inputs import Observation
 from pac.networks import build_model
+from pac.networks.encoders import ProprioEncoder
 from pac.presets import model_config
 
 CFG = model_config("tiny")
@@ -107,3 +109,29 @@ def test_checkpoint_units_are_declared_as_module_types(net) -> None:
     units = [m for m in net.modules() if isinstance(m, net.checkpoint_units)]
     # one read-in cross-attention, M self-attention blocks, one cross-attention per decoder layer
     assert len(units) == 1 + CFG.num_blocks + 2 * CFG.decoder_layers
+
+
+def fit_fine_threshold(bands: int, steps: int = 300) -> float:
+    """Train the proprio encoder (plus a linear read-out) to tell which 1/16-wide stripe of [0, 1) a value is in."""
+    torch.manual_seed(0)
+    enc = ProprioEncoder(dataclasses.replace(CFG, proprio_fourier_bands=bands))
+    head = torch.nn.Linear(CFG.d_model, 1)
+    opt = torch.optim.Adam([*enc.parameters(), *head.parameters()], lr=3e-3)
+    x = torch.rand(4096, 1)
+    y = (torch.floor(x * 16) % 2).squeeze(1)  # alternating stripes: no smooth function of x fits them
+    for _ in range(steps):
+        i = torch.randint(0, len(x), (256,))
+        logits = head(enc(x[i], torch.ones(256, 1, dtype=torch.bool))[0][:, 0]).squeeze(1)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        pred = head(enc(x, torch.ones(len(x), 1, dtype=torch.bool))[0][:, 0]).squeeze(1) > 0
+    return (pred == y.bool()).float().mean().item()
+
+
+def test_fourier_features_resolve_values_a_sixteenth_apart() -> None:
+    """The plain value MLP cannot separate nearby proprio values; the Fourier bands (the default) can."""
+    assert fit_fine_threshold(CFG.proprio_fourier_bands) > 0.95
+    assert fit_fine_threshold(0) < 0.8

@@ -18,16 +18,30 @@ def symlog(x: torch.Tensor) -> torch.Tensor:
     return torch.sign(x) * torch.log1p(torch.abs(x))
 
 
+def fourier_features(x: torch.Tensor, bands: int) -> torch.Tensor:
+    """(..., 1) -> (..., 1 + 2*bands): x with sin/cos at periods 8, 4, 2, ..., 8 / 2^(bands-1).
+
+    A small MLP of the raw value alone barely separates values 0.01 apart (a fingertip near its
+    target, a pole near upright), which is where control needs precision; the high bands do.
+    Computed in fp32: bf16 cannot hold the phase of the fast bands.
+    """
+    freqs = torch.pi * torch.exp2(torch.arange(bands, device=x.device, dtype=torch.float32) - 2)
+    phase = x.float() * freqs
+    return torch.cat([x.float(), torch.sin(phase), torch.cos(phase)], -1)
+
+
 class ProprioEncoder(nn.Module):
     """Every scalar of the state vector is one token: value embedding + learned per-dimension position.
 
+    The value embedding reads Fourier features of the value (`model.proprio_fourier_bands`).
     Embodiments with different state sizes share the model: shorter vectors are padded and masked.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.max_dims = cfg.max_proprio_dims
-        self.value = nn.Sequential(Linear(1, cfg.d_model, init="fan_in"), nn.GELU(),
+        self.bands = cfg.proprio_fourier_bands
+        self.value = nn.Sequential(Linear(1 + 2 * self.bands, cfg.d_model, init="fan_in"), nn.GELU(),
                                    Linear(cfg.d_model, cfg.d_model, init="fan_in"))
         self.position = Embedding(cfg.max_proprio_dims, cfg.d_model)
 
@@ -37,7 +51,7 @@ class ProprioEncoder(nn.Module):
             raise ValueError(f"observation has {p} proprio dimensions; the model takes at most "
                              f"model.max_proprio_dims={self.max_dims}")
         dtype = self.value[0].weight.dtype
-        x = symlog(proprio).to(dtype).unsqueeze(-1)  # (B, P, 1)
+        x = fourier_features(symlog(proprio.float()).unsqueeze(-1), self.bands).to(dtype)  # (B, P, 1 + 2*bands)
         tokens = self.value(x) + self.position(_arange(p, proprio.device))  # (B, P, D)
         return tokens, mask
 

@@ -127,7 +127,8 @@ class CheckpointStore:
         manifest = self.manifest(step)
         where = self.store.url(tag(step))
         if manifest["model"] != dataclasses.asdict(cfg.model):
-            diff = [k for k, v in manifest["model"].items() if dataclasses.asdict(cfg.model).get(k) != v]
+            own = dataclasses.asdict(cfg.model)
+            diff = sorted(k for k in own.keys() | manifest["model"].keys() if own.get(k) != manifest["model"].get(k))
             raise CheckpointError(f"checkpoint {where} is of preset {manifest['preset']!r} and this run is "
                                   f"{cfg.preset!r}: model fields differ ({', '.join(diff)})")
         scale = manifest.get("eta_lr_scale", cfg.objective.eta_lr_scale)  # older manifests do not say
