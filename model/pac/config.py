@@ -43,7 +43,7 @@ class ModelConfig:
     mlp_ratio: int = 4
     decoder_layers: int = 1  # cross-attention layers in each decoder
     max_proprio_dims: int = 96  # learned per-dimension position embeddings for proprio tokens
-    proprio_fourier_bands: int = 8  # sin/cos of each proprio value at periods 8, 4, ..., 8/2^(bands-1); 0: value only
+    proprio_fourier_bands: int = 0  # sin/cos of each proprio value at periods 8, 4, ..., 8/2^(bands-1); 0: value only
     max_action_dims: int = 16  # policy queries; embodiments with fewer dims are masked
     action_bins: int = 101  # per-dimension uniform bins over [-1, 1] (normalised action bounds)
     value_atoms: int = 101  # categorical Q support

@@ -132,6 +132,6 @@ def fit_fine_threshold(bands: int, steps: int = 300) -> float:
 
 
 def test_fourier_features_resolve_values_a_sixteenth_apart() -> None:
-    """The plain value MLP cannot separate nearby proprio values; the Fourier bands (the default) can."""
-    assert fit_fine_threshold(CFG.proprio_fourier_bands) > 0.95
+    """The plain value MLP cannot separate nearby proprio values; 8 Fourier bands can."""
+    assert fit_fine_threshold(8) > 0.95
     assert fit_fine_threshold(0) < 0.8

@@ -110,23 +110,11 @@ def test_checkpoint_of_another_eta_parameterisation_is_a_named_mismatch(tmp_path
         run_synthetic(other)
 
 
-def test_checkpoint_without_fourier_features_is_a_named_mismatch(tmp_path: Path) -> None:
+def test_checkpoint_with_other_encoder_features_is_a_named_mismatch(tmp_path: Path) -> None:
     out = str(tmp_path / "run")
-    run_synthetic({**cfg_dict(out, steps=2), "model": {"proprio_fourier_bands": 0}})
+    run_synthetic({**cfg_dict(out, steps=2), "model": {"proprio_fourier_bands": 8}})
     with pytest.raises(CheckpointError, match=r"model fields differ \(proprio_fourier_bands\)"):
         run_synthetic(cfg_dict(out, steps=4))
-
-
-def test_export_from_before_fourier_features_loads_as_it_was_trained(tmp_path: Path) -> None:
-    """Exports written before `model.proprio_fourier_bands` existed hold the plain value embedding."""
-    run_synthetic({**cfg_dict(str(tmp_path / "run"), steps=2), "model": {"proprio_fourier_bands": 0}})
-    config = tmp_path / "run" / "export" / "config.json"
-    data = json.loads(config.read_text())
-    del data["model"]["proprio_fourier_bands"]
-    config.write_text(json.dumps(data))
-    net, cfg = load_export(tmp_path / "run" / "export")
-    assert cfg.model.proprio_fourier_bands == 0  # and the weights fit it: load_export checks every shape
-    assert sum(p.numel() for p in net.parameters()) > 0
 
 
 def test_export_loads_back_without_pickle(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ def fourier_features(x: torch.Tensor, bands: int) -> torch.Tensor:
 class ProprioEncoder(nn.Module):
     """Every scalar of the state vector is one token: value embedding + learned per-dimension position.
 
-    The value embedding reads Fourier features of the value (`model.proprio_fourier_bands`).
+    With `model.proprio_fourier_bands` > 0 the value embedding also reads Fourier features of the value.
     Embodiments with different state sizes share the model: shorter vectors are padded and masked.
     """
 

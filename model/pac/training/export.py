@@ -48,11 +48,7 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tu
         if not p.is_file():
             raise ExportError(f"{p} does not exist: not a PAC export directory (expected {CONFIG} + {WEIGHTS})")
     try:
-        data = json.loads(cfg_path.read_text())
-        if isinstance(data, dict) and isinstance(data.get("model"), dict):
-            # Exports from before the Fourier proprio features hold the plain value embedding.
-            data["model"].setdefault("proprio_fourier_bands", 0)
-        cfg = Config.from_dict(data)
+        cfg = Config.from_dict(json.loads(cfg_path.read_text()))
     except (json.JSONDecodeError, ConfigError) as e:
         raise ExportError(f"{cfg_path} is not a valid PAC config: {e}") from e
     try:
