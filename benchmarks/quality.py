@@ -89,6 +89,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bcq-beta", type=float, default=None, help="BC+Q's beta (default: ObjectiveConfig's)")
     p.add_argument("--objective", action="append", default=[], metavar="KEY=VALUE",
                    help="override an ObjectiveConfig field for every method (repeatable), e.g. epsilon=0.05")
+    p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a ModelConfig field of the preset for every method (repeatable), "
+                        "e.g. proprio_fourier_bands=8")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1: on a shared 2-core machine more threads oversubscribe and run slower)")
     p.add_argument("--log-every", type=int, default=250, help="training log interval (steps)")
@@ -235,18 +238,18 @@ def run_name(method: str, seed: int) -> str:
     return f"{method.replace('+', '_')}_s{seed}"
 
 
+def key_values(items: list[str]) -> dict[str, str]:
+    """`KEY=VALUE` flags -> mapping; `Config.from_dict` converts and validates the values."""
+    return {key: value for key, _, value in (item.partition("=") for item in items)}
+
+
 def method_config(args: argparse.Namespace, method: str, seed: int, dataset: str, root: Path) -> Any:
     """The resolved `Config` of one method and training seed: identical for all methods except alpha/beta."""
     from pac.config import Config, EvalConfig, ObjectiveConfig, StorageConfig, TrackingConfig, TrainConfig
     from pac.config import DataConfig as Data
     from pac.presets import model_config
 
-    overrides: dict[str, Any] = {}
-    for item in args.objective:
-        key, _, value = item.partition("=")
-        overrides[key] = value
-    base = dataclasses.asdict(ObjectiveConfig())
-    base.update(overrides)
+    base = {**dataclasses.asdict(ObjectiveConfig()), **key_values(args.objective)}
     if method == "BC":
         base.update(alpha=1.0, beta=0.0)
     elif method == "BC+Q":
@@ -260,7 +263,8 @@ def method_config(args: argparse.Namespace, method: str, seed: int, dataset: str
              "checkpoint_every": args.steps, "keep_checkpoints": 1, "log_every": args.log_every, "resume": False,
              "lr": args.lr}
     cfg = Config.from_dict({
-        "preset": args.preset, "seed": seed, "model": dataclasses.asdict(model_config(args.preset)),
+        "preset": args.preset, "seed": seed,
+        "model": {**dataclasses.asdict(model_config(args.preset)), **key_values(args.model)},
         "objective": base, "data": dataclasses.asdict(Data(dataset=dataset, tasks=list(args.tasks))),
         "train": {**dataclasses.asdict(TrainConfig()), **train},
         "eval": {**dataclasses.asdict(EvalConfig()),
@@ -432,7 +436,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     start = time.perf_counter()
-    discount = float(dict(a.split("=", 1) for a in args.objective).get("discount", ObjectiveConfig.discount))
+    discount = float(key_values(args.objective).get("discount", ObjectiveConfig.discount))
     print(f"generating {args.random} random + {args.noisy} noisy + {args.expert} expert episodes x "
           f"{args.episode_steps} steps for {len(args.tasks)} task(s)", flush=True)
     dataset, data, probes = build_dataset(args, root, discount)

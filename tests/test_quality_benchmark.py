@@ -144,3 +144,12 @@ def test_reduced_budget_benchmark_produces_the_table(quality: ModuleType, tmp_pa
             assert r["episodes"] == 4 and -2.0 < r["normalized_score"] < 1.5
     md = (out / "results.md").read_text()
     assert "## Mean normalised score" in md and "## Training diagnostics" in md
+
+
+def test_model_and_objective_overrides_reach_every_method(quality: ModuleType, tmp_path: Path) -> None:
+    args = quality.parse_args(["--output", str(tmp_path), "--tasks", "cartpole/balance",
+                               "--model", "proprio_fourier_bands=8", "--objective", "n_step=5"])
+    for m in quality.METHODS:
+        cfg = quality.method_config(args, m, 0, "mixed", tmp_path)
+        assert cfg.model.proprio_fourier_bands == 8 and cfg.objective.n_step == 5
+        assert cfg.model.d_model == 64  # the rest of the preset stays
