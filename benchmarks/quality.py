@@ -76,9 +76,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--damped-noise-std", type=float, default=GenerateConfig.damped_noise_std,
                    help="damped policy: Gaussian noise on its actions (fraction of half the action range)")
     p.add_argument("--expert", type=int, default=4, help="expert episodes per task")
-    p.add_argument("--noisy-expert-prob", type=float, default=0.3,
+    p.add_argument("--noisy-expert-prob", type=float, default=GenerateConfig.noisy_expert_prob,
                    help="noisy policy: probability a step uses the (noised) expert action, else uniform random")
-    p.add_argument("--noisy-action-std", type=float, default=0.5,
+    p.add_argument("--noisy-action-std", type=float, default=GenerateConfig.noisy_action_std,
                    help="noisy policy: Gaussian noise on expert actions (fraction of half the action range)")
     p.add_argument("--eval-episodes", type=int, default=20, help="evaluation episodes per task and method")
     p.add_argument("--data-seed", type=int, default=0, help="seed of the generated episodes")

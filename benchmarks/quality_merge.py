@@ -23,6 +23,14 @@ from typing import Any
 from quality import parse_args, score_sections  # this folder is on sys.path when run as a script
 
 PER_RUN = {"output", "seeds", "methods", "threads", "log_every"}  # settings that may differ between merged runs
+# A behaviour's parameters shape no data when the run generated none of its episodes.
+BEHAVIOUR_ARGS = {"noisy": ("noisy_expert_prob", "noisy_action_std"), "damped": ("damped_scale", "damped_noise_std")}
+
+
+def data_settings(args: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a run that must match to merge it: the per-run ones and unused behaviours' left out."""
+    unused = {k for count, keys in BEHAVIOUR_ARGS.items() if not args.get(count) for k in keys}
+    return {k: v for k, v in args.items() if k not in PER_RUN | unused}
 METHOD_ORDER = ("BC", "BC+Q", "PAC")
 
 
@@ -40,7 +48,7 @@ def merge(runs: Sequence[str | Path]) -> tuple[dict[str, Any], dict[str, dict[in
             objectives, or one (method, seed) twice.
     """
     # A run made before an option existed ran with its default: compare settings with the defaults filled in.
-    defaults = {k: v for k, v in vars(parse_args(["--output", "-"])).items() if k not in PER_RUN}
+    defaults = vars(parse_args(["--output", "-"]))
     settings: dict[str, Any] | None = None
     first = ""
     results: dict[str, dict[int, dict[str, Any]]] = {}
@@ -52,7 +60,7 @@ def merge(runs: Sequence[str | Path]) -> tuple[dict[str, Any], dict[str, dict[in
         if not file.is_file():
             raise SystemExit(f"{file}: not found (a finished benchmarks/quality.py run writes it)")
         data = json.loads(file.read_text())
-        shared = {**defaults, **{k: v for k, v in data["args"].items() if k not in PER_RUN}}
+        shared = data_settings({**defaults, **data["args"]})
         if settings is None:
             settings, first = shared, str(path)
         elif shared != settings:

@@ -87,6 +87,10 @@ def test_merge_joins_runs_and_refuses_mismatched_ones(tmp_path: Path, monkeypatc
     other = write("other", {"BC": {"2": fake_result(0.3)}}, damped=4)
     with pytest.raises(SystemExit, match="settings differ .* in damped"):
         merge.merge([a, other])
+    # The noisy behaviour's parameters made no data here (no noisy episodes): a run that differs only in them merges.
+    assert list(merge.merge([a, write("p", {"BC": {"3": fake_result(0.3)}}, noisy_expert_prob=0.3)])[1]["BC"]) == [0, 3]
+    with pytest.raises(SystemExit, match="settings differ .* in damped_scale"):
+        merge.merge([a, write("scale", {"BC": {"4": fake_result(0.3)}}, damped_scale=0.2)])
     with pytest.raises(SystemExit, match="results.json: not found"):
         merge.merge([tmp_path / "missing"])
 
