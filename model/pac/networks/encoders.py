@@ -21,9 +21,9 @@ def symlog(x: torch.Tensor) -> torch.Tensor:
 def fourier_features(x: torch.Tensor, bands: int) -> torch.Tensor:
     """(..., 1) -> (..., 1 + 2*bands): x with sin/cos at periods 8, 4, 2, ..., 8 / 2^(bands-1).
 
-    A small MLP of the raw value alone barely separates values 0.01 apart (a fingertip near its
-    target, a pole near upright), which is where control needs precision; the high bands do.
-    Computed in fp32: bf16 cannot hold the phase of the fast bands.
+    A small MLP of the raw value alone cannot tell apart values 1/16 apart (tests/networks), and near
+    a goal (a fingertip at its target, a pole upright) control may need that precision; the high bands
+    give it. Computed in fp32: bf16 cannot hold the phase of the fast bands.
     """
     freqs = torch.pi * torch.exp2(torch.arange(bands, device=x.device, dtype=torch.float32) - 2)
     phase = x.float() * freqs
