@@ -22,7 +22,9 @@ from typing import Any
 
 from quality import parse_args, score_sections  # this folder is on sys.path when run as a script
 
-PER_RUN = {"output", "seeds", "methods", "threads", "log_every"}  # settings that may differ between merged runs
+# Settings that may differ between merged runs. The objective flags may too: each method's resolved objective
+# is compared instead (a BC run is the same BC whatever --objective n_step=... its PAC runs had).
+PER_RUN = {"output", "seeds", "methods", "threads", "log_every", "objective", "pac_alpha", "bcq_beta"}
 # A behaviour's parameters shape no data when the run generated none of its episodes.
 BEHAVIOUR_ARGS = {"noisy": ("noisy_expert_prob", "noisy_action_std"), "damped": ("damped_scale", "damped_noise_std")}
 
@@ -72,9 +74,11 @@ def merge(runs: Sequence[str | Path]) -> tuple[dict[str, Any], dict[str, dict[in
                 continue
             for seed_text, run in by_seed.items():
                 seed = int(seed_text)
-                known, source = objectives.setdefault(method, (run["objective"], str(path)))
-                if run["objective"] != known:
-                    diff = sorted(k for k in known if known[k] != run["objective"].get(k))
+                # BC's loss reads no objective field but alpha and beta, which make it BC.
+                objective = {} if method == "BC" else run["objective"]
+                known, source = objectives.setdefault(method, (objective, str(path)))
+                if objective != known:
+                    diff = sorted(k for k in known if known[k] != objective.get(k))
                     raise SystemExit(f"{method} in {path} was trained with another objective than in {source} "
                                      f"({', '.join(diff)}); take it from one of them only (DIR:METHODS)")
                 if (method, seed) in where:

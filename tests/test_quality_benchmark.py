@@ -72,7 +72,8 @@ def test_merge_joins_runs_and_refuses_mismatched_ones(tmp_path: Path, monkeypatc
         return run
 
     a = write("s0", {"PAC": {"0": fake_result(0.5)}, "BC": {"0": fake_result(0.2)}}, seeds=[0])
-    b = write("s1", {"BC": {"1": fake_result(0.3)}, "PAC": {"1": fake_result(0.4)}}, seeds=[1], threads=2)
+    b = write("s1", {"BC": {"1": fake_result(0.3)}, "PAC": {"1": fake_result(0.4)}}, seeds=[1], threads=2,
+              objective=["n_step=20"])  # flags may differ where the resolved objectives (compared below) do not
     settings, results = merge.merge([a, b])
     assert list(results) == ["BC", "PAC"] and list(results["PAC"]) == [0, 1] and settings["tasks"] == ["a/b"]
     text = merge.report(settings, results, [a, b], "merge")
@@ -84,6 +85,8 @@ def test_merge_joins_runs_and_refuses_mismatched_ones(tmp_path: Path, monkeypatc
     with pytest.raises(SystemExit, match="PAC in .*newer was trained with another objective .*alpha"):
         merge.merge([a, newer])
     assert list(merge.merge([a, f"{newer}:BC"])[1]["BC"]) == [0, 2]
+    bc_other = write("bc", {"BC": {"5": {**fake_result(0.3), "objective": {"alpha": 1.0, "eta_lr_scale": 10.0}}}})
+    assert list(merge.merge([a, bc_other])[1]["BC"]) == [0, 5]  # BC reads no other objective field
     other = write("other", {"BC": {"2": fake_result(0.3)}}, damped=4)
     with pytest.raises(SystemExit, match="settings differ .* in damped"):
         merge.merge([a, other])
