@@ -132,3 +132,18 @@ def test_demo_runs_the_whole_loop_on_embedded_defaults(tmp_path: Path, monkeypat
     collected = read_manifest("self-collected", StorageConfig(root=str(out / "store")))
     assert collected.counts["episodes"] == 1  # the robot task only, from the pretrained policy
     assert (tmp_path / "outputs" / "mlruns" / "mlflow.db").exists()
+
+
+def test_return_change_pairs_episodes_by_task_and_seed() -> None:
+    from types import SimpleNamespace
+
+    from pac.workflow import return_change
+
+    def report(seeds: list[int], returns: list[float]) -> SimpleNamespace:
+        return SimpleNamespace(tasks={"reacher/easy": SimpleNamespace(seeds=seeds, returns=returns)})
+
+    # Episode spread is large (0 to 90), the change is +1 on every episode: pairing sees exactly +1.
+    mean, ci = return_change(report([1, 2, 3], [0.0, 40.0, 90.0]), report([3, 1, 2], [91.0, 1.0, 41.0]))
+    assert mean == pytest.approx(1.0) and ci == pytest.approx((1.0, 1.0))
+    with pytest.raises(ValueError, match="share no episode"):
+        return_change(report([1], [0.0]), report([2], [0.0]))

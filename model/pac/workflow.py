@@ -77,6 +77,8 @@ class Round:
     normalized_score: float
     collected_return_mean: float | None = None  # returns of the episodes the previous model collected
     run_id: str | None = None
+    return_change: float | None = None  # mean per-episode return minus round 0's on the same episodes
+    return_change_ci95: tuple[float, float] | None = None
 
 
 @dataclass
@@ -85,13 +87,16 @@ class ImproveResult:
     files: dict[str, str] = field(default_factory=dict)
 
     def table(self) -> str:
-        rows = ["| round | success | return | normalised | collected return | model |",
-                "|---|---:|---:|---:|---:|---|"]
+        rows = ["| round | success | return | return − round 0 (paired 95% CI) | normalised | collected return | "
+                "model |", "|---|---:|---:|---|---:|---:|---|"]
         for r in self.rounds:
             success = "n/a" if r.success_rate is None else f"{r.success_rate:.0%}"
             collected = "" if r.collected_return_mean is None else f"{r.collected_return_mean:.1f}"
-            rows.append(f"| {r.round} | {success} | {r.return_mean:.1f} | {r.normalized_score:.3f} | {collected} | "
-                        f"{r.model} |")
+            change = "" if r.return_change is None else f"{r.return_change:+.1f}"
+            if r.return_change_ci95 is not None:
+                change += f" [{r.return_change_ci95[0]:+.1f}, {r.return_change_ci95[1]:+.1f}]"
+            rows.append(f"| {r.round} | {success} | {r.return_mean:.1f} | {change} | {r.normalized_score:.3f} | "
+                        f"{collected} | {r.model} |")
         return "\n".join(rows)
 
 
@@ -100,6 +105,23 @@ def _robot_summary(report: Any) -> tuple[float | None, float, float]:
     rates = [t.success_rate for t in tasks if t.success_rate is not None]
     return (sum(rates) / len(rates) if rates else None, sum(t.return_mean for t in tasks) / len(tasks),
             sum(t.normalized_score for t in tasks) / len(tasks))
+
+
+def return_change(before: Any, after: Any) -> tuple[float, tuple[float, float] | None]:
+    """Mean per-episode return change from one evaluation report to another, with its 95% t-interval.
+
+    Episodes are paired by task and seed: every round is evaluated on the same episodes, so pairing
+    removes the spread between episodes, which is most of the spread of either mean.
+    """
+    from pac.evaluation import mean_ci95
+
+    diffs = []
+    for task, t in after.tasks.items():
+        base = dict(zip(before.tasks[task].seeds, before.tasks[task].returns, strict=True))
+        diffs += [r - base[s] for s, r in zip(t.seeds, t.returns, strict=True) if s in base]
+    if not diffs:
+        raise ValueError("the two evaluations share no episode (task and seed)")
+    return mean_ci95(diffs)
 
 
 def improve(cfg: Config, model_uri: str, output: str | Path) -> ImproveResult:
@@ -120,8 +142,8 @@ def improve(cfg: Config, model_uri: str, output: str | Path) -> ImproveResult:
     net, model_cfg = load_model(model_uri, cfg)
     plans = collection_plans(model_cfg, cfg.eval, cfg.storage)
     eval_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, tasks=[p.task for p in plans]))
-    report = evaluate_model(net, eval_cfg, output_dir=output / "round0", name=model_uri, plans=plans)
-    result = ImproveResult([Round(0, model_uri, None, *_robot_summary(report))])
+    first = evaluate_model(net, eval_cfg, output_dir=output / "round0", name=model_uri, plans=plans)
+    result = ImproveResult([Round(0, model_uri, None, *_robot_summary(first))])
     current = model_uri
     for k in range(1, cfg.improve.iterations + 1):
         t0 = time.perf_counter()
@@ -142,8 +164,10 @@ def improve(cfg: Config, model_uri: str, output: str | Path) -> ImproveResult:
         net, model_cfg = load_model(current, cfg)
         report = evaluate_model(net, eval_cfg, output_dir=output / f"round{k}", name=current, plans=plans)
         collected_mean = sum(s.return_mean for s in collected.tasks.values()) / len(collected.tasks)
+        change, change_ci = return_change(first, report)
         result.rounds.append(Round(k, current, str(collected.ref), *_robot_summary(report),
-                                   collected_return_mean=collected_mean, run_id=trained.run_id))
+                                   collected_return_mean=collected_mean, run_id=trained.run_id,
+                                   return_change=change, return_change_ci95=change_ci))
         log.info("improve round %d/%d: %s (%.0f s)", k, cfg.improve.iterations, result.rounds[-1],
                  time.perf_counter() - t0)
     result.files = _write_curve(result, output)
