@@ -32,6 +32,8 @@ def main() -> None:
     p.add_argument("--pretrain-steps", type=int, default=1500)
     p.add_argument("--pretrained", default="",
                    help="start the rounds from this model export (a directory) instead of pretraining one")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seeds the behaviour data and the training (one replicate); evaluation episodes stay fixed")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--finetune-steps", type=int, default=400)
     p.add_argument("--collect-episodes", type=int, default=16)
@@ -50,10 +52,11 @@ def main() -> None:
     start = time.perf_counter()
     objective = {} if args.alpha is None else {"alpha": args.alpha}
     cfg = Config.from_dict({
-        "preset": args.preset, "seed": 0, "objective": objective,
+        "preset": args.preset, "seed": args.seed, "objective": objective,
         "storage": {"root": str(out / "store")},
         "generate": {"tasks": [args.task], "episodes_per_policy": args.episodes,
-                     "qualities": args.qualities.split(","), "episode_steps": args.episode_steps},
+                     "qualities": args.qualities.split(","), "episode_steps": args.episode_steps,
+                     "seed": args.seed},
         "train": {**({} if args.lr is None else {"lr": args.lr}),
                   "steps": args.pretrain_steps, "output": str(out / "runs" / "pretrain"), "log_every": 100,
                   "checkpoint_every": 500},
