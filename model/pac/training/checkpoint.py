@@ -126,8 +126,8 @@ class CheckpointStore:
         """Verify and load checkpoint `step` into `engine`; returns this rank's trainer state."""
         manifest = self.manifest(step)
         where = self.store.url(tag(step))
-        if manifest["model"] != dataclasses.asdict(cfg.model):
-            own = dataclasses.asdict(cfg.model)
+        own = dataclasses.asdict(cfg.model)
+        if manifest["model"] != own:
             diff = sorted(k for k in own.keys() | manifest["model"].keys() if own.get(k) != manifest["model"].get(k))
             raise CheckpointError(f"checkpoint {where} is of preset {manifest['preset']!r} and this run is "
                                   f"{cfg.preset!r}: model fields differ ({', '.join(diff)})")
