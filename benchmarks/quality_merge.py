@@ -25,6 +25,7 @@ from quality import parse_args, score_sections  # this folder is on sys.path whe
 # Settings that may differ between merged runs. The objective flags may too: each method's resolved objective
 # is compared instead (a BC run is the same BC whatever --objective n_step=... its PAC runs had).
 PER_RUN = {"output", "seeds", "methods", "threads", "log_every", "objective", "pac_alpha", "bcq_beta"}
+METHOD_ORDER = ("BC", "BC+Q", "PAC")
 # A behaviour's parameters shape no data when the run generated none of its episodes.
 BEHAVIOUR_ARGS = {"noisy": ("noisy_expert_prob", "noisy_action_std"), "damped": ("damped_scale", "damped_noise_std")}
 
@@ -33,7 +34,6 @@ def data_settings(args: dict[str, Any]) -> dict[str, Any]:
     """The settings of a run that must match to merge it: the per-run ones and unused behaviours' left out."""
     unused = {k for count, keys in BEHAVIOUR_ARGS.items() if not args.get(count) for k in keys}
     return {k: v for k, v in args.items() if k not in PER_RUN | unused}
-METHOD_ORDER = ("BC", "BC+Q", "PAC")
 
 
 def parse_run(spec: str) -> tuple[Path, set[str] | None]:
