@@ -437,8 +437,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     root.mkdir(parents=True)
     start = time.perf_counter()
     discount = float(key_values(args.objective).get("discount", ObjectiveConfig.discount))
-    print(f"generating {args.random} random + {args.noisy} noisy + {args.expert} expert episodes x "
-          f"{args.episode_steps} steps for {len(args.tasks)} task(s)", flush=True)
+    print(f"generating {args.random} random + {args.noisy} noisy + {args.damped} damped + {args.expert} expert "
+          f"episodes x {args.episode_steps} steps for {len(args.tasks)} task(s)", flush=True)
     dataset, data, probes = build_dataset(args, root, discount)
     t_data = time.perf_counter() - start
     print(data["table"], flush=True)
