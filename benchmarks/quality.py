@@ -75,6 +75,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="damped policy: the expert's actions scaled by this towards the centre of the range")
     p.add_argument("--damped-noise-std", type=float, default=GenerateConfig.damped_noise_std,
                    help="damped policy: Gaussian noise on its actions (fraction of half the action range)")
+    p.add_argument("--damped-expert-prob", type=float, default=GenerateConfig.damped_expert_prob,
+                   help="damped policy: per-step probability of the expert's own action (the better action "
+                        "beside the data's mode, in the same states)")
     p.add_argument("--expert", type=int, default=4, help="expert episodes per task")
     p.add_argument("--noisy-expert-prob", type=float, default=GenerateConfig.noisy_expert_prob,
                    help="noisy policy: probability a step uses the (noised) expert action, else uniform random")
@@ -127,7 +130,8 @@ def generate(args: argparse.Namespace, stats: Any) -> Iterator[Any]:
         cfg = GenerateConfig(tasks=list(args.tasks), episodes_per_policy=count, qualities=[quality],
                              episode_steps=args.episode_steps, seed=args.data_seed,
                              noisy_expert_prob=args.noisy_expert_prob, noisy_action_std=args.noisy_action_std,
-                             damped_scale=args.damped_scale, damped_noise_std=args.damped_noise_std)
+                             damped_scale=args.damped_scale, damped_noise_std=args.damped_noise_std,
+                             damped_expert_prob=args.damped_expert_prob)
         yield from generate_episodes(cfg, stats=stats, progress=False)
 
 

@@ -27,7 +27,10 @@ from quality import parse_args, score_sections  # this folder is on sys.path whe
 PER_RUN = {"output", "seeds", "methods", "threads", "log_every", "objective", "pac_alpha", "bcq_beta"}
 METHOD_ORDER = ("BC", "BC+Q", "PAC")
 # A behaviour's parameters shape no data when the run generated none of its episodes.
-BEHAVIOUR_ARGS = {"noisy": ("noisy_expert_prob", "noisy_action_std"), "damped": ("damped_scale", "damped_noise_std")}
+BEHAVIOUR_ARGS = {
+    "noisy": ("noisy_expert_prob", "noisy_action_std"),
+    "damped": ("damped_scale", "damped_noise_std", "damped_expert_prob"),
+}
 
 
 def data_settings(args: dict[str, Any]) -> dict[str, Any]:

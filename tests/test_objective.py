@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from pac.config import ObjectiveConfig
 from pac.data.synthetic import synthetic_transitions
+from pac.inputs import Transition
 from pac.networks import PerceiverActorCritic, action_to_bins, build_model, value_support
 from pac.objective import (
     Temperature,
@@ -194,3 +195,45 @@ def test_pac_without_target_network_is_refused() -> None:
     with pytest.raises(ValueError, match="needs a target network"):
         pac_loss(build_model(cfg), None, Temperature(ObjectiveConfig()), synthetic_transitions(cfg, 2),
                  dataclasses.replace(ObjectiveConfig(), alpha=0.5))
+
+
+def bandit_batch(step: int, good_frac: float, size: int = 64) -> Transition:
+    """One-step episodes in random states: action +0.5 pays 10, the data's more frequent -0.5 pays 0."""
+    base = synthetic_transitions(model_config("tiny"), size, proprio_dims=(4,), action_dims=(1,), seed=step)
+    good = torch.rand(size, generator=torch.Generator().manual_seed(10_000 + step)) < good_frac
+    action = torch.where(good, 0.5, -0.5)[:, None]
+    return Transition(base.obs, action, base.action_mask, good.float() * 10.0, torch.zeros(size), base.next_obs)
+
+
+def mass_on_the_paying_action(alpha: float, beta: float, good_frac: float = 0.3, steps: int = 300) -> float:
+    """Train the full objective (critic, target network, eta dual) on the bandit; the policy's mean mass on a > 0."""
+    torch.manual_seed(0)
+    cfg = model_config("tiny")
+    net = build_model(cfg)
+    target = copy.deepcopy(net)
+    obj = dataclasses.replace(ObjectiveConfig(), alpha=alpha, beta=beta)
+    temp = Temperature(obj)
+    opt = torch.optim.Adam([*net.parameters(), *temp.parameters()], lr=1e-3)
+    for step in range(steps):
+        loss, _ = pac_loss(net, target, temp, bandit_batch(step, good_frac), obj)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        update_target(net.parameters(), target.parameters(), step, obj)
+    held_out = bandit_batch(10**6, good_frac, 256)
+    with torch.no_grad():
+        probs = torch.softmax(net.policy_logits(net.encode(held_out.obs), 1), -1)[:, 0]
+    return float(probs[:, cfg.action_bins // 2 + 1:].sum(-1).mean())
+
+
+def test_pac_moves_mass_to_the_action_its_critic_prefers_only_as_far_as_alpha_allows() -> None:
+    """The objective's fixed point is pi = alpha * b + (1 - alpha) * pi_imp (docs/quality.md, "ceiling").
+
+    The data takes the paying action 30% of the time. BC+Q copies that; PAC at alpha 0.25 makes the paying
+    action the mode (its fixed point under the KL bound: 0.78); at the default alpha 0.75 the BC term caps it
+    below the data's mode (0.37), whatever the critic knows.
+    """
+    bcq, pac_default, pac_rl = (mass_on_the_paying_action(alpha, 1.0) for alpha in (1.0, 0.75, 0.25))
+    assert bcq == pytest.approx(0.3, abs=0.06)
+    assert bcq + 0.04 < pac_default < 0.5
+    assert pac_rl > 0.6

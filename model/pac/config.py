@@ -153,6 +153,7 @@ class GenerateConfig:
     noisy_action_std: float = 0.5  # 'noisy' policy: Gaussian noise on expert actions, fraction of half the range
     damped_scale: float = 0.1  # 'damped' policy: the expert's actions scaled by this towards the range's centre
     damped_noise_std: float = 0.0  # 'damped' policy: Gaussian noise on its actions, fraction of half the range
+    damped_expert_prob: float = 0.0  # 'damped' policy: probability a step takes the expert's own action instead
 
     def __post_init__(self) -> None:
         _check(self.episodes_per_policy >= 1, "generate.episodes_per_policy",
@@ -167,6 +168,8 @@ class GenerateConfig:
         _check(0.0 <= self.damped_scale <= 1.0, "generate.damped_scale", f"must be in [0, 1], got {self.damped_scale}")
         _check(self.noisy_action_std >= 0.0, "generate.noisy_action_std", f"must be >= 0, got {self.noisy_action_std}")
         _check(self.damped_noise_std >= 0.0, "generate.damped_noise_std", f"must be >= 0, got {self.damped_noise_std}")
+        _check(0.0 <= self.damped_expert_prob <= 1.0, "generate.damped_expert_prob",
+               f"must be in [0, 1], got {self.damped_expert_prob}")
 
 
 @dataclass

@@ -94,6 +94,8 @@ def test_unknown_task_or_quality_fails_before_simulating() -> None:
         next(generate_episodes(replace(SMALL, tasks=["cartpole/balance", "cartpole/juggle"]), progress=False))
     with pytest.raises(ConfigError, match="generate.qualities"):
         Config.from_dict({"generate": {"qualities": ["expert", "great"]}})
+    with pytest.raises(ConfigError, match="generate.damped_expert_prob"):
+        Config.from_dict({"generate": {"damped_expert_prob": 1.5}})
 
 
 def test_cli_generates_and_ingests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

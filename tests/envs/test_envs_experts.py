@@ -16,11 +16,13 @@ from pac.envs.experts import dlqr, linearize, make_expert
 from pac.envs.policies import DampedPolicy, NoisyPolicy, RandomPolicy, make_policy
 
 STEPS = 250  # the generator's default time limit: max return 250
+BEHAVIOUR = {"expert_prob": 0.5, "noise_std": 0.5, "damped_scale": 0.1, "damped_noise_std": 0.0,
+             "damped_expert_prob": 0.0}  # make_policy's parameters of every quality
 
 
 def returns(task_id: str, quality: str, episodes: int, steps: int = STEPS) -> np.ndarray:
     env = make_env(task_id, seed=0, episode_steps=steps)
-    policy = make_policy(env.spec, quality, expert_prob=0.5, noise_std=0.5, damped_scale=0.1, damped_noise_std=0.0)
+    policy = make_policy(env.spec, quality, **BEHAVIOUR)
     out = []
     for i in range(episodes):
         obs = env.reset(seed=100 + i)
@@ -73,7 +75,7 @@ def test_noisy_policy_extremes() -> None:
     assert np.all(actions >= env.action_low) and np.all(actions <= env.action_high)
     assert actions.std(0).min() > 0.4  # uniform on [-1, 1] has std 0.58
     with pytest.raises(ValueError, match="unknown behaviour quality"):
-        make_policy(env.spec, "mediocre", expert_prob=0.5, noise_std=0.5, damped_scale=0.1, damped_noise_std=0.0)
+        make_policy(env.spec, "mediocre", **BEHAVIOUR)
 
 
 def test_damped_policy_scales_the_expert_towards_the_centre() -> None:
@@ -89,13 +91,31 @@ def test_damped_policy_scales_the_expert_towards_the_centre() -> None:
         DampedPolicy(make_expert(env.spec), scale=1.5)
 
 
+def test_damped_policy_takes_the_experts_action_in_a_share_of_steps() -> None:
+    """With `expert_prob` the better action sits beside the damped one in the same state, at that rate."""
+    env = make_env("reacher/easy", seed=0, episode_steps=20)
+    obs = env.reset(seed=0)
+    expert = make_expert(env.spec)
+    expert.reset(env, 0)
+    best = expert.act(env, obs)
+    policy = make_policy(env.spec, "damped", **{**BEHAVIOUR, "damped_expert_prob": 0.4})
+    policy.reset(env, 0)
+    actions = np.array([policy.act(env, obs) for _ in range(2000)])
+    centre = (env.action_high + env.action_low) / 2
+    is_best = np.all(np.isclose(actions, best), axis=1)
+    assert np.all(is_best | np.all(np.isclose(actions, centre + 0.1 * (best - centre)), axis=1))
+    assert is_best.mean() == pytest.approx(0.4, abs=0.04)
+    with pytest.raises(ValueError, match="expert_prob must be in"):
+        DampedPolicy(make_expert(env.spec), scale=0.1, expert_prob=1.5)
+
+
 def test_damped_noise_spreads_actions_around_the_damped_action() -> None:
     env = make_env("reacher/easy", seed=0, episode_steps=20)
     obs = env.reset(seed=0)
-    damped = make_policy(env.spec, "damped", expert_prob=0.5, noise_std=0.5, damped_scale=0.1, damped_noise_std=0.0)
+    damped = make_policy(env.spec, "damped", **BEHAVIOUR)
     damped.reset(env, 0)
     mode = damped.act(env, obs)
-    noisy = make_policy(env.spec, "damped", expert_prob=0.5, noise_std=0.5, damped_scale=0.1, damped_noise_std=0.2)
+    noisy = make_policy(env.spec, "damped", **{**BEHAVIOUR, "damped_noise_std": 0.2})
     noisy.reset(env, 0)
     # The expert is a pure function of the state, so in one state the noise is the only spread.
     actions = np.array([noisy.act(env, obs) for _ in range(2000)])

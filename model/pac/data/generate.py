@@ -117,7 +117,8 @@ def generate_episodes(cfg: GenerateConfig, *, stats: ReturnStats | None = None,
                 # ScriptedSource builds a fresh policy per episode (experts keep per-episode state).
                 factory = functools.partial(make_policy, quality=quality, expert_prob=cfg.noisy_expert_prob,
                                             noise_std=cfg.noisy_action_std, damped_scale=cfg.damped_scale,
-                                            damped_noise_std=cfg.damped_noise_std)
+                                            damped_noise_std=cfg.damped_noise_std,
+                                            damped_expert_prob=cfg.damped_expert_prob)
                 policy_name = factory(plan.spec).name
                 bar.set_postfix_str(f"{task} {quality}")
                 rollouts = iter_rollout(ScriptedSource(factory, name=policy_name), plan, rollout_cfg,
@@ -136,6 +137,7 @@ def generate_episodes(cfg: GenerateConfig, *, stats: ReturnStats | None = None,
                     if quality == "damped":
                         provenance["damped_scale"] = str(cfg.damped_scale)
                         provenance["damped_noise_std"] = str(cfg.damped_noise_std)
+                        provenance["damped_expert_prob"] = str(cfg.damped_expert_prob)
                     episode = dataclasses.replace(episode, quality=quality, policy=policy_name,
                                                   provenance=provenance,
                                                   episode_id=f"generate/{task}/{quality}/{result.index:05d}")

@@ -7,7 +7,9 @@
   consistently sub-optimal in the expert's own states, so the data's most frequent action there is
   a worse one (what behaviour cloning copies and a critic can see past). Optional Gaussian noise
   around the damped action (an exploring sluggish controller) puts better and worse actions next to
-  the data's mode, the counterfactuals a critic needs to rank actions in those states.
+  the data's mode, the counterfactuals a critic needs to rank actions in those states. With
+  `expert_prob` > 0 a step takes the expert's own action instead: the better action then sits beside
+  the data's mode in the same states, where a critic can rank the two and BC copies the mode.
 - `expert`: the task's expert controller (`pac.envs.experts`), which reads privileged physics state.
 
 A policy acts on the `Env` itself, not only on the observation, because experts need that state.
@@ -80,12 +82,20 @@ class NoisyPolicy(Policy):
 
 
 class DampedPolicy(Policy):
-    """The expert with every action scaled by `scale` towards the centre of the action range."""
+    """The expert with every action scaled by `scale` towards the centre of the action range.
 
-    def __init__(self, expert: Policy, scale: float) -> None:
+    Args:
+        expert: the controller to damp.
+        scale: factor on the expert's action relative to the range's centre (0: always the centre).
+        expert_prob: per-step probability of acting with the expert's undamped action instead.
+    """
+
+    def __init__(self, expert: Policy, scale: float, expert_prob: float = 0.0) -> None:
         if not 0.0 <= scale <= 1.0:
             raise ValueError(f"scale must be in [0, 1], got {scale}")
-        self.expert, self.scale = expert, scale
+        if not 0.0 <= expert_prob <= 1.0:
+            raise ValueError(f"expert_prob must be in [0, 1], got {expert_prob}")
+        self.expert, self.scale, self.expert_prob = expert, scale, expert_prob
         self.name = f"damped_{expert.name}"
 
     def reset(self, env: Env, seed: int) -> None:
@@ -93,12 +103,16 @@ class DampedPolicy(Policy):
         self.expert.reset(env, seed)
 
     def act(self, env: Env, obs: Obs) -> np.ndarray:
+        action = self.expert.act(env, obs)
+        # No draw when the option is off, so the damped data of earlier runs is reproduced exactly.
+        if self.expert_prob > 0 and self.rng.random() < self.expert_prob:
+            return action
         centre = (env.action_high + env.action_low) / 2
-        return env.clip(centre + self.scale * (self.expert.act(env, obs) - centre))
+        return env.clip(centre + self.scale * (action - centre))
 
 
 def make_policy(spec: TaskSpec, quality: str, *, expert_prob: float, noise_std: float,
-                damped_scale: float, damped_noise_std: float) -> Policy:
+                damped_scale: float, damped_noise_std: float, damped_expert_prob: float) -> Policy:
     """A fresh behaviour policy of one quality level for a task (one per environment: policies keep state).
 
     Args:
@@ -109,6 +123,8 @@ def make_policy(spec: TaskSpec, quality: str, *, expert_prob: float, noise_std: 
         damped_scale: the damped policy's scale of the expert's actions (`GenerateConfig`).
         damped_noise_std: Gaussian noise on the damped policy's actions, a fraction of half the action
             range (`GenerateConfig`; 0: none).
+        damped_expert_prob: the damped policy's per-step probability of taking the expert's own action
+            (`GenerateConfig`; 0: never).
 
     Raises:
         ValueError: unknown quality.
@@ -122,6 +138,6 @@ def make_policy(spec: TaskSpec, quality: str, *, expert_prob: float, noise_std: 
     if quality == "noisy":
         return NoisyPolicy(make_expert(spec), expert_prob, noise_std)
     if quality == "damped":
-        damped = DampedPolicy(make_expert(spec), damped_scale)
+        damped = DampedPolicy(make_expert(spec), damped_scale, damped_expert_prob)
         return NoisyPolicy(damped, 1.0, damped_noise_std) if damped_noise_std > 0 else damped
     raise ValueError(f"unknown behaviour quality {quality!r}; choose from {', '.join(BEHAVIOUR_QUALITIES)}")
