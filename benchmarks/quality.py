@@ -6,7 +6,8 @@ One script, library APIs only (generate -> ingest -> train -> evaluate):
    and `--expert` expert episodes of `--episode-steps` steps (`pac.data.generate`, fixed seeds), ingested
    into one local dataset.
    The default mix is 80% uniform-random and 20% expert episodes; `--random 0 --damped 16 --expert 4`
-   makes the sub-optimal behaviour consistent and in the expert's own states (docs/quality.md has both).
+   makes the sub-optimal behaviour consistent and in the expert's own states, and `--damped-expert-prob 0.4`
+   puts the expert's action beside the damped one in the same states (docs/quality.md has all three).
 2. **Training.** BC (alpha=1, beta=0), BC+Q (alpha=1, beta>0) and PAC (alpha<1, the `ObjectiveConfig`
    defaults) with the SAME preset, data, seed, steps and batch size (`pac.training.loop.train`; MLflow off).
 3. **Evaluation.** Each exported policy, greedy (argmax bins, no Q-based action selection), on
