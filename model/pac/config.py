@@ -77,7 +77,7 @@ class ObjectiveConfig:
     alpha=1, beta=0 is BC; alpha=1, beta>0 is BC+Q; alpha<1 is PAC.
     """
 
-    alpha: float = 0.75  # weight of the behaviour-cloning KL(b || pi)
+    alpha: float = 0.75  # weight of KL(b || pi); the improvement adds <= 1-alpha to an action (docs/quality.md)
     beta: float = 1.0  # weight of the distributional critic cross-entropy
     eta: float = 1.0  # temperature of the improved policy (initial value when learned)
     learn_eta: bool = True  # MPO-style dual on eta with KL bound epsilon
