@@ -106,7 +106,7 @@ class DampedPolicy(Policy):
         action = self.expert.act(env, obs)
         # No draw when the option is off, so the damped data of earlier runs is reproduced exactly.
         if self.expert_prob > 0 and self.rng.random() < self.expert_prob:
-            return action
+            return env.clip(action)
         centre = (env.action_high + env.action_low) / 2
         return env.clip(centre + self.scale * (action - centre))
 
