@@ -45,6 +45,9 @@ def main() -> None:
     p.add_argument("--collect-temperature", type=float, default=None,
                    help="sample the collecting policy at this temperature (default: greedy, like evaluation)")
     p.add_argument("--finetune-lr", type=float, default=None, help="improve.finetune_lr (default: the pretraining lr)")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
+                   help="train.precision of pretraining and rounds (default: the config's auto, i.e. bf16 "
+                        "only where the hardware computes it natively)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
@@ -58,6 +61,7 @@ def main() -> None:
                      "qualities": args.qualities.split(","), "episode_steps": args.episode_steps,
                      "seed": args.seed},
         "train": {**({} if args.lr is None else {"lr": args.lr}),
+                  **({} if args.precision is None else {"precision": args.precision}),
                   "steps": args.pretrain_steps, "output": str(out / "runs" / "pretrain"), "log_every": 100,
                   "checkpoint_every": 500},
         "eval": {"tasks": [args.task], "episodes": args.eval_episodes, "num_envs": min(args.eval_episodes, 10),

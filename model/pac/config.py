@@ -185,7 +185,9 @@ class TrainConfig:
     lr_schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float = 1.0
     zero_stage: int = 0
-    precision: Literal["bf16", "fp32"] = "bf16"
+    # auto: bf16 where the hardware computes it natively (CUDA, or a CPU with AMX / AVX512-BF16), else fp32 --
+    # without them bf16 is emulated and a step is several times slower (docs/benchmarks.md).
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     activation_checkpointing: bool = False
     offload_optimizer: bool = False
     offload_params: bool = False
@@ -210,8 +212,8 @@ class TrainConfig:
         _check(self.grad_clip >= 0, "train.grad_clip", f"must be >= 0 (0 disables), got {self.grad_clip}")
         _check(self.zero_stage in (0, 1, 2, 3), "train.zero_stage",
                f"unknown ZeRO stage {self.zero_stage}; use 0, 1, 2 or 3")
-        _check(self.precision in ("bf16", "fp32"), "train.precision",
-               f"must be 'bf16' or 'fp32', got {self.precision!r}")
+        _check(self.precision in ("auto", "bf16", "fp32"), "train.precision",
+               f"must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         _check(not self.offload_optimizer or self.zero_stage >= 2, "train.offload_optimizer",
                "optimizer offload needs train.zero_stage >= 2")
         _check(not self.offload_params or self.zero_stage == 3, "train.offload_params",

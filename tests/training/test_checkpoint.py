@@ -16,7 +16,7 @@ from pac.config import Config, ConfigError
 from pac.data.synthetic import SyntheticSource
 from pac.storage import open_store
 from pac.training.checkpoint import CheckpointError
-from pac.training.engine import check_memory, deepspeed_config, init_world
+from pac.training.engine import check_memory, deepspeed_config, init_world, resolve_precision
 from pac.training.export import load_export
 from pac.training.loop import train
 
@@ -115,6 +115,26 @@ def test_checkpoint_with_other_encoder_features_is_a_named_mismatch(tmp_path: Pa
     run_synthetic({**cfg_dict(out, steps=2), "model": {"proprio_fourier_bands": 8}})
     with pytest.raises(CheckpointError, match=r"model fields differ \(proprio_fourier_bands\)"):
         run_synthetic(cfg_dict(out, steps=4))
+
+
+def test_auto_precision_resumes_in_the_checkpoints_precision_and_a_named_one_must_match(tmp_path: Path) -> None:
+    out = str(tmp_path / "run")
+    run_synthetic(cfg_dict(out, steps=2, precision="bf16"))
+    with pytest.raises(CheckpointError, match="holds bf16 optimizer state.*trains in fp32.*--train.precision bf16"):
+        run_synthetic(cfg_dict(out, steps=4, precision="fp32"))
+    run_synthetic(cfg_dict(out, steps=4, precision="auto"))  # whatever this machine would pick for a new run
+    manifest = json.loads((tmp_path / "run" / "checkpoints" / "step_0000004" / "manifest.json").read_text())
+    assert manifest["precision"] == "bf16"
+
+
+def test_auto_precision_is_bf16_exactly_where_the_hardware_computes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for caps, expected in [({"amx_bf16": True}, "bf16"), ({"avx512_bf16": True, "avx2": True}, "bf16"),
+                           ({"avx512_bf16": False, "avx2": True}, "fp32")]:
+        monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=caps: caps)
+        assert resolve_precision("auto") == expected
+        assert resolve_precision("auto", checkpoint="fp32") == "fp32"
+        assert resolve_precision("bf16") == "bf16" and resolve_precision("fp32", checkpoint="bf16") == "fp32"
 
 
 def test_export_loads_back_without_pickle(tmp_path: Path) -> None:

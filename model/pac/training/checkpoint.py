@@ -6,7 +6,7 @@ Layout under the run directory (`train.output`, local or s3://):
     checkpoints/step_0000200/target_rank000.safetensors   target network (partition) per rank
     checkpoints/step_0000200/trainer_rank000.json         loader position, RNG state, MLflow run id
     checkpoints/step_0000200/manifest.json                written LAST: step, preset, model config, eta scale,
-                                                          sha256 + size of every file above
+                                                          layout, precision, sha256 + size of every file above
 
 A checkpoint without a manifest does not exist (a crash mid-save leaves nothing visible). Every file
 is verified against the manifest before anything reads it, so a truncated or tampered checkpoint is
@@ -98,7 +98,8 @@ class CheckpointStore:
         if self.rank == 0:
             files = {k: v for part in gathered for k, v in part.items()}
             manifest = {"format": FORMAT, "step": step, "preset": cfg.preset, "world_size": self.world_size,
-                        "zero_stage": cfg.train.zero_stage, "model": dataclasses.asdict(cfg.model),
+                        "zero_stage": cfg.train.zero_stage, "precision": cfg.train.precision,
+                        "model": dataclasses.asdict(cfg.model),
                         # eta's stored parameter is read through this scale (objective.Temperature)
                         "eta_lr_scale": cfg.objective.eta_lr_scale, "files": files}
             self.store.put_bytes(f"{t}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
@@ -135,6 +136,10 @@ class CheckpointStore:
         if scale != cfg.objective.eta_lr_scale:
             raise CheckpointError(f"checkpoint {where} stores eta for objective.eta_lr_scale={scale} and this run "
                                   f"has {cfg.objective.eta_lr_scale}: resume with --objective.eta_lr_scale {scale}")
+        precision = manifest.get("precision", cfg.train.precision)  # older manifests do not say
+        if precision != cfg.train.precision:
+            raise CheckpointError(f"checkpoint {where} holds {precision} optimizer state and this run trains in "
+                                  f"{cfg.train.precision}: resume with --train.precision {precision} (or auto)")
         if manifest["world_size"] != self.world_size or manifest["zero_stage"] != cfg.train.zero_stage:
             raise CheckpointError(f"checkpoint {where} was written by {manifest['world_size']} rank(s) at ZeRO "
                                   f"stage {manifest['zero_stage']}; resume with the same layout, or export its "

@@ -108,6 +108,24 @@ def deepspeed_config(cfg: TrainConfig, world_size: int) -> dict[str, Any]:
     }
 
 
+def native_bf16() -> bool:
+    """Whether this machine computes bf16 matmuls natively (else torch emulates them, far slower than fp32)."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    caps = torch.cpu.get_capabilities()
+    return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+
+
+def resolve_precision(requested: str, checkpoint: str | None = None) -> str:
+    """The concrete precision of a run: `requested`, or for "auto" the precision of the checkpoint it resumes
+    (its optimizer state is stored in it), else bf16 where the hardware has it natively."""
+    if requested != "auto":
+        return requested
+    if checkpoint is not None:
+        return checkpoint
+    return "bf16" if native_bf16() else "fp32"
+
+
 def needs_target(cfg: Config) -> bool:
     """BC (alpha=1, beta=0) uses no target network: none is built, which also saves its memory."""
     return cfg.objective.alpha < 1.0 or cfg.objective.beta > 0.0
@@ -207,6 +225,9 @@ class DeepSpeedEngine:
         """
         import deepspeed
 
+        if cfg.train.precision == "auto":  # `train` resolves it (with the checkpoint's say); direct use here
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(
+                cfg.train, precision=resolve_precision(cfg.train.precision)))
         self.cfg, self.world = cfg, world
         self.accumulation = accumulation_steps(cfg.train, world.world_size)
         self.ds_config = deepspeed_config(cfg.train, world.world_size)

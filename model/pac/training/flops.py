@@ -39,21 +39,35 @@ def count_flops(fn: Callable[[], object]) -> int:
 
 
 def peak_matmul_flops(dtype: torch.dtype = torch.bfloat16, size: int = 2048, seconds: float = 0.5) -> float:
-    """FLOP/s of a square matmul of `dtype` on this device, best of repeated timed runs."""
+    """FLOP/s of a square matmul of `dtype` on this device, best of repeated timed runs.
+
+    The matrices grow from 256 towards `size` only while one product takes under a tenth of `seconds`:
+    where `dtype` is emulated (bf16 on a CPU without AMX or AVX512-BF16 runs ~100x below fp32) one
+    2048-sized product alone would take a minute, and the measurement would cost more than a short run.
+    """
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    a @ b  # warm up (AMX/oneDNN kernel selection)
-    best = 0.0
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or best == 0.0:
+
+    def timed(a: torch.Tensor, b: torch.Tensor) -> float:
         if device == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
         a @ b
         if device == "cuda":
             torch.cuda.synchronize()
-        best = max(best, 2 * size**3 / (time.perf_counter() - t))
+        return time.perf_counter() - t
+
+    n = min(256, size)
+    while True:
+        a = torch.randn(n, n, device=device).to(dtype)
+        b = torch.randn(n, n, device=device).to(dtype)
+        a @ b  # warm up (AMX/oneDNN kernel selection, cuBLAS initialisation)
+        if n >= size or timed(a, b) > seconds / 10:
+            break
+        n = min(2 * n, size)
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == 0.0:
+        best = max(best, 2 * n**3 / timed(a, b))
     return best
 
 
