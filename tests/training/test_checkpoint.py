@@ -137,6 +137,14 @@ def test_auto_precision_is_bf16_exactly_where_the_hardware_computes_it(monkeypat
         assert resolve_precision("bf16") == "bf16" and resolve_precision("fp32", checkpoint="bf16") == "fp32"
 
 
+@pytest.mark.parametrize(("precision", "zero_stage"), [("fp32", 0), ("fp32", 2), ("bf16", 0)])
+def test_every_precision_and_stage_reports_the_gradient_norm(tmp_path: Path, precision: str, zero_stage: int) -> None:
+    cfg = Config.from_dict(cfg_dict(str(tmp_path / "run"), steps=2, precision=precision, zero_stage=zero_stage,
+                                    global_batch_size=16))  # 2 micro-batches: the norm is taken once per step
+    history = train(cfg, source=SyntheticSource(cfg.model, cfg.train.micro_batch_size, seed=cfg.seed)).history
+    assert len(history) == 2 and all(h["grad_norm"] > 0 for h in history)
+
+
 def test_export_loads_back_without_pickle(tmp_path: Path) -> None:
     run_synthetic(cfg_dict(str(tmp_path / "run"), steps=2))
     net, cfg = load_export(tmp_path / "run" / "export")

@@ -295,11 +295,17 @@ class DeepSpeedEngine:
         if len(micro_batches) != self.accumulation:
             raise ValueError(f"expected {self.accumulation} micro-batches, got {len(micro_batches)}")
         totals: dict[str, float] = {}
+        # DeepSpeed keeps the global gradient norm on its bf16 and ZeRO paths; its plain fp32 path clips without
+        # keeping it, so it is measured here, after the last backward (gradients all-reduced), before the step.
+        own_norm = self.cfg.train.precision == "fp32" and not self.cfg.train.zero_stage
         for batch, seed in zip(micro_batches, sample_seeds, strict=True):
             generator = torch.Generator().manual_seed(seed)
             with self._autocast():
                 loss, metrics = self.engine(batch, self.target, generator)
             self.engine.backward(loss)
+            if own_norm and self.engine.is_gradient_accumulation_boundary():
+                grads = [p.grad for p in self.engine.module.parameters() if p.grad is not None]
+                totals["grad_norm"] = float(torch.nn.utils.get_total_norm(grads))
             self.engine.step()
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + float(v) / self.accumulation
@@ -307,7 +313,7 @@ class DeepSpeedEngine:
         self._copy_target_from_online()
         totals["lr"] = float(self.scheduler.get_last_lr()[0])
         grad_norm = self.engine.get_global_grad_norm()
-        if grad_norm is not None:
+        if grad_norm is not None and not own_norm:
             totals["grad_norm"] = float(grad_norm)
         return totals
 
