@@ -46,8 +46,7 @@ def main() -> None:
                    help="sample the collecting policy at this temperature (default: greedy, like evaluation)")
     p.add_argument("--finetune-lr", type=float, default=None, help="improve.finetune_lr (default: the pretraining lr)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
-                   help="train.precision of pretraining and rounds (default: the config's auto, i.e. bf16 "
-                        "only where the hardware computes it natively)")
+                   help="train.precision of pretraining and rounds (default: the config's)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 

@@ -215,8 +215,12 @@ def _optimizer(params: Iterator[nn.Parameter], cfg: TrainConfig) -> torch.optim.
 class DeepSpeedEngine:
     """One optimizer step of PAC = `accumulation` micro-batches through a DeepSpeed engine."""
 
-    def __init__(self, cfg: Config, world: World, init_weights: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(self, cfg: Config, world: World, init_weights: dict[str, torch.Tensor] | None = None,
+                 resumed_precision: str | None = None) -> None:
         """Build the learner (and target), optionally from consolidated `init_weights` (finetuning).
+
+        `self.cfg` is `cfg` with `train.precision` resolved (`resolve_precision`; `resumed_precision` is that
+        of the checkpoint the run will resume), so everything after the engine records what it trains in.
 
         Initial weights go into the module BEFORE `deepspeed.initialize`: the engine's optimizer takes
         its fp32 master copy of the parameters there, and a later load into the module alone would be
@@ -225,9 +229,10 @@ class DeepSpeedEngine:
         """
         import deepspeed
 
-        if cfg.train.precision == "auto":  # `train` resolves it (with the checkpoint's say); direct use here
-            cfg = dataclasses.replace(cfg, train=dataclasses.replace(
-                cfg.train, precision=resolve_precision(cfg.train.precision)))
+        precision = resolve_precision(cfg.train.precision, resumed_precision)
+        if precision != cfg.train.precision:
+            log.info("train.precision %s -> %s", cfg.train.precision, precision)
+            cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
         self.cfg, self.world = cfg, world
         self.accumulation = accumulation_steps(cfg.train, world.world_size)
         self.ds_config = deepspeed_config(cfg.train, world.world_size)

@@ -9,7 +9,6 @@ the newest checkpoint in `train.output` (exactly: same batches, same RNG, same M
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import signal
@@ -27,7 +26,7 @@ from pac.inputs import Transition
 from pac.networks import PerceiverActorCritic
 from pac.storage import open_store, resolve_uri
 from pac.training.checkpoint import CheckpointStore, rng_state, set_rng_state
-from pac.training.engine import DeepSpeedEngine, init_world, resolve_precision
+from pac.training.engine import DeepSpeedEngine, init_world
 from pac.training.export import save_export
 from pac.training.flops import count_flops, peak_matmul_flops, tokens_per_sample
 from pac.training.weights import RUN_INFO
@@ -93,18 +92,14 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
         source = build_source(cfg, rank=world.rank, world_size=world.world_size)
     ckpts = CheckpointStore(run_store, world.rank, world.world_size)
     latest = ckpts.latest() if cfg.train.resume else None
-    # "auto" becomes one concrete precision here, so the engine, the log, MLflow and the manifest agree on it.
-    precision = resolve_precision(cfg.train.precision,
-                                  ckpts.manifest(latest).get("precision") if latest is not None else None)
-    if precision != cfg.train.precision:
-        log.info("train.precision %s -> %s", cfg.train.precision, precision)
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
     init_weights = None
     if latest is None and cfg.train.init_from:  # a resumed finetune continues from its own checkpoint
         from pac.training.weights import load_weights
 
         init_weights = load_weights(cfg.train.init_from, cfg)
-    engine = DeepSpeedEngine(cfg, world, init_weights=init_weights)
+    engine = DeepSpeedEngine(cfg, world, init_weights=init_weights,
+                             resumed_precision=ckpts.manifest(latest).get("precision") if latest is not None else None)
+    cfg = engine.cfg  # "auto" resolved: the log, MLflow and the manifest record the precision trained in
     gas = engine.accumulation
 
     start, run_id = 0, None
