@@ -94,6 +94,14 @@ def test_improve_rounds_finetune_with_their_alpha_on_data_sampled_from_the_polic
         obs = Observation.from_numpy(proprio, [episodes[0].instruction] * len(proprio), net.cfg.max_text_tokens)
         greedy = net.policy_logits(net.encode(obs), 1).argmax(-1)
     assert (action_to_bins(actions, net.cfg.action_bins) != greedy).float().mean() > 0.5
+    # The collecting (sampled) policy is evaluated too, on the same episodes as the greedy one, paired.
+    first, last = result.rounds
+    assert first.sampled_return_change is None and last.sampled_return_change is not None
+    assert last.sampled_return_change == pytest.approx(last.sampled_return_mean - first.sampled_return_mean)
+    sampled = json.loads((tmp_path / "curve" / "round1" / "sampled" / "report.json").read_text())
+    greedy_report = json.loads((tmp_path / "curve" / "round1" / "report.json").read_text())
+    assert sampled["tasks"]["cartpole/balance"]["seeds"] == greedy_report["tasks"]["cartpole/balance"]["seeds"]
+    assert "sampled: return" in (tmp_path / "curve" / "improve.md").read_text()
 
 
 def test_finetune_from_a_model_of_another_size_keeps_the_source_architecture(base: Config, tmp_path: Path) -> None:
@@ -115,7 +123,7 @@ def test_demo_runs_the_whole_loop_on_embedded_defaults(tmp_path: Path, monkeypat
     monkeypatch.chdir(tmp_path)  # the embedded MLflow store lands in ./outputs/mlruns ...
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # ... unless a server is named (other tests set it)
     out = tmp_path / "demo"
-    rc = main(["demo", "--output", str(out), "--no-progress", "--generate.tasks", "cartpole/balance,jaco/reach_site",
+    rc = main(["demo", "--output", "demo", "--no-progress", "--generate.tasks", "cartpole/balance,jaco/reach_site",
                "--generate.episodes_per_policy", "1", "--generate.episode_steps", "12",
                "--eval.episode_steps", "12", "--eval.episodes", "1", "--eval.num_envs", "1", "--eval.video_size", "64",
                "--train.steps", "2", "--train.global_batch_size", "8", "--train.micro_batch_size", "8",
@@ -129,6 +137,8 @@ def test_demo_runs_the_whole_loop_on_embedded_defaults(tmp_path: Path, monkeypat
                                                                                          "jaco/reach_site"}
         assert (out / report / "scores.png").stat().st_size > 0 and list((out / report).glob("videos/*.mp4"))
     assert (out / "improve" / "improve.png").stat().st_size > 0
+    assert (out / "runs" / "pretrain" / "export" / "model.safetensors").exists()  # not under out/store/...
+    assert f"pretrained model:   {out}/runs/pretrain/export" in printed
     collected = read_manifest("self-collected", StorageConfig(root=str(out / "store")))
     assert collected.counts["episodes"] == 1  # the robot task only, from the pretrained policy
     assert (tmp_path / "outputs" / "mlruns" / "mlflow.db").exists()

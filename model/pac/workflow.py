@@ -79,6 +79,12 @@ class Round:
     run_id: str | None = None
     return_change: float | None = None  # mean per-episode return minus round 0's on the same episodes
     return_change_ci95: tuple[float, float] | None = None
+    # The same evaluation with actions sampled at `improve.collect_temperature` (the collecting policy);
+    # None when the rounds collect greedily.
+    sampled_success_rate: float | None = None
+    sampled_return_mean: float | None = None
+    sampled_return_change: float | None = None
+    sampled_return_change_ci95: tuple[float, float] | None = None
 
 
 @dataclass
@@ -87,17 +93,34 @@ class ImproveResult:
     files: dict[str, str] = field(default_factory=dict)
 
     def table(self) -> str:
-        rows = ["| round | success | return | return − round 0 (paired 95% CI) | normalised | collected return | "
-                "model |", "|---|---:|---:|---|---:|---:|---|"]
+        sampled = any(r.sampled_return_mean is not None for r in self.rounds)
+        head = "| round | success | return | return − round 0 (paired 95% CI) | normalised | "
+        rule = "|---|---:|---:|---|---:|"
+        if sampled:
+            head += "sampled: success | sampled: return | sampled: return − round 0 | "
+            rule += "---:|---:|---|"
+        rows = [head + "collected return | model |", rule + "---:|---|"]
         for r in self.rounds:
-            success = "n/a" if r.success_rate is None else f"{r.success_rate:.0%}"
-            collected = "" if r.collected_return_mean is None else f"{r.collected_return_mean:.1f}"
-            change = "" if r.return_change is None else f"{r.return_change:+.1f}"
-            if r.return_change_ci95 is not None:
-                change += f" [{r.return_change_ci95[0]:+.1f}, {r.return_change_ci95[1]:+.1f}]"
-            rows.append(f"| {r.round} | {success} | {r.return_mean:.1f} | {change} | {r.normalized_score:.3f} | "
-                        f"{collected} | {r.model} |")
+            row = (f"| {r.round} | {_percent(r.success_rate)} | {r.return_mean:.1f} | "
+                   f"{_change(r.return_change, r.return_change_ci95)} | {r.normalized_score:.3f} | ")
+            if sampled:
+                row += (f"{_percent(r.sampled_success_rate)} | {_number(r.sampled_return_mean)} | "
+                        f"{_change(r.sampled_return_change, r.sampled_return_change_ci95)} | ")
+            rows.append(row + f"{_number(r.collected_return_mean)} | {r.model} |")
         return "\n".join(rows)
+
+
+def _percent(rate: float | None) -> str:
+    return "n/a" if rate is None else f"{rate:.0%}"
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+def _change(change: float | None, ci: tuple[float, float] | None) -> str:
+    text = "" if change is None else f"{change:+.1f}"
+    return text if ci is None else text + f" [{ci[0]:+.1f}, {ci[1]:+.1f}]"
 
 
 def _robot_summary(report: Any) -> tuple[float | None, float, float]:
@@ -124,6 +147,17 @@ def return_change(before: Any, after: Any) -> tuple[float, tuple[float, float] |
     return mean_ci95(diffs)
 
 
+def _sampled(report: Any, first: Any) -> dict[str, Any]:
+    """`Round`'s sampled-policy fields from its evaluation report (and round 0's, for the paired change)."""
+    if report is None:
+        return {}
+    success, mean, _ = _robot_summary(report)
+    fields = {"sampled_success_rate": success, "sampled_return_mean": mean}
+    if first is not None:
+        fields["sampled_return_change"], fields["sampled_return_change_ci95"] = return_change(first, report)
+    return fields
+
+
 def improve(cfg: Config, model_uri: str, output: str | Path) -> ImproveResult:
     """K rounds of collect -> ingest -> finetune -> evaluate on the robot task(s); writes the curve.
 
@@ -142,8 +176,22 @@ def improve(cfg: Config, model_uri: str, output: str | Path) -> ImproveResult:
     net, model_cfg = load_model(model_uri, cfg)
     plans = collection_plans(model_cfg, cfg.eval, cfg.storage)
     eval_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, tasks=[p.task for p in plans]))
-    first = evaluate_model(net, eval_cfg, output_dir=output / "round0", name=model_uri, plans=plans)
-    result = ImproveResult([Round(0, model_uri, None, *_robot_summary(first))])
+    sampled_cfg = None
+    if cfg.improve.collect_temperature is not None:
+        # Sampled collection: the rounds' data come from the sampled policy, which the improvement term moves
+        # before it moves the greedy one (docs/self_improvement.md), so it is evaluated too, on the same episodes.
+        sampled_cfg = dataclasses.replace(eval_cfg, eval=dataclasses.replace(
+            eval_cfg.eval, greedy=False, temperature=cfg.improve.collect_temperature, video=False))
+
+    def evaluate_round(k: int, net: Any, uri: str) -> tuple[Any, Any]:
+        report = evaluate_model(net, eval_cfg, output_dir=output / f"round{k}", name=uri, plans=plans)
+        if sampled_cfg is None:
+            return report, None
+        return report, evaluate_model(net, sampled_cfg, output_dir=output / f"round{k}" / "sampled", name=uri,
+                                      plans=plans)
+
+    first, first_sampled = evaluate_round(0, net, model_uri)
+    result = ImproveResult([Round(0, model_uri, None, *_robot_summary(first), **_sampled(first_sampled, None))])
     current = model_uri
     for k in range(1, cfg.improve.iterations + 1):
         t0 = time.perf_counter()
@@ -162,12 +210,13 @@ def improve(cfg: Config, model_uri: str, output: str | Path) -> ImproveResult:
         trained = finetune(round_cfg, current, run_name=f"improve-round{k}")
         current = trained.export_uri
         net, model_cfg = load_model(current, cfg)
-        report = evaluate_model(net, eval_cfg, output_dir=output / f"round{k}", name=current, plans=plans)
+        report, sampled = evaluate_round(k, net, current)
         collected_mean = sum(s.return_mean for s in collected.tasks.values()) / len(collected.tasks)
         change, change_ci = return_change(first, report)
         result.rounds.append(Round(k, current, str(collected.ref), *_robot_summary(report),
                                    collected_return_mean=collected_mean, run_id=trained.run_id,
-                                   return_change=change, return_change_ci95=change_ci))
+                                   return_change=change, return_change_ci95=change_ci,
+                                   **_sampled(sampled, first_sampled)))
         log.info("improve round %d/%d: %s (%.0f s)", k, cfg.improve.iterations, result.rounds[-1],
                  time.perf_counter() - t0)
     result.files = _write_curve(result, output)
@@ -186,6 +235,8 @@ def _write_curve(result: ImproveResult, output: Path) -> dict[str, str]:
     xs = [r.round for r in result.rounds]
     if all(r.success_rate is not None for r in result.rounds):
         ax.plot(xs, [r.success_rate for r in result.rounds], "o-", label="success rate")
+    if all(r.sampled_success_rate is not None for r in result.rounds):
+        ax.plot(xs, [r.sampled_success_rate for r in result.rounds], "^:", label="success rate, sampled")
     ax.plot(xs, [r.normalized_score for r in result.rounds], "s--", label="normalised score")
     ax.set_xlabel("self-improvement round")
     ax.set_xticks(xs)
@@ -233,7 +284,9 @@ def run_local(cfg: Config, output: str | Path, *, progress: bool = True) -> Loca
     """
     from pac.evaluation import evaluate_model
 
-    output = Path(output)
+    # Absolute: a relative path would name a location under the storage root (`pac.storage.resolve_uri`),
+    # which here lies inside `output` itself.
+    output = Path(output).resolve()
     output.mkdir(parents=True, exist_ok=True)
     if not cfg.storage.root.startswith("s3://"):
         # A self-contained run: its datasets live beside its reports (the store root is a local default).
