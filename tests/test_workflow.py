@@ -52,6 +52,21 @@ def test_finetune_starts_from_the_given_weights_and_names_its_parent(base: Confi
     assert run.data.tags["init_from"] == pretrained.export_uri
 
 
+def test_a_finetune_continues_the_temperature_its_source_learned(base: Config, tmp_path: Path) -> None:
+    """Exports record the learned eta; a finetune starts from it, not from the initial `objective.eta`."""
+    pretrained = train(base, run_name="pretrain")
+    learned = pretrained.history[-1]["eta"]
+    assert learned != pytest.approx(base.objective.eta, abs=1e-3)  # 3 steps of the dual moved it
+    _, source_cfg = load_model(pretrained.export_uri, base)
+    assert source_cfg.objective.eta == pytest.approx(learned)
+    ft_cfg = Config.from_dict({**base.to_dict(), "train": {**base.to_dict()["train"], "steps": 1, "lr": 1e-12,
+                                                           "warmup_steps": 0, "output": str(tmp_path / "ft")}})
+    tuned = finetune(ft_cfg, pretrained.export_uri)
+    assert tuned.history[0]["eta"] == pytest.approx(learned, rel=1e-4)
+    run = mlflow.MlflowClient(base.tracking.uri).get_run(tuned.run_id)
+    assert float(run.data.params["objective.eta"]) == pytest.approx(learned)
+
+
 def test_finetune_of_an_export_from_another_tracking_store_runs_unlinked(base: Config, tmp_path: Path) -> None:
     """An export copied from elsewhere names a run this store has never seen: finetune, without a parent."""
     pretrained = train(base, run_name="pretrain")

@@ -79,7 +79,7 @@ class ObjectiveConfig:
 
     alpha: float = 0.75  # weight of KL(b || pi); the improvement adds <= 1-alpha to an action (docs/quality.md)
     beta: float = 1.0  # weight of the distributional critic cross-entropy
-    eta: float = 1.0  # temperature of the improved policy (initial value when learned)
+    eta: float = 1.0  # temperature of the improved policy (initial value when learned; exports record the learned one)
     learn_eta: bool = True  # MPO-style dual on eta with KL bound epsilon
     epsilon: float = 0.1  # KL bound of the eta dual
     eta_min: float = 1e-3

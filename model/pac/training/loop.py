@@ -9,6 +9,7 @@ the newest checkpoint in `train.output` (exactly: same batches, same RNG, same M
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import signal
@@ -74,6 +75,28 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
+def exported_config(cfg: Config, eta: float) -> Config:
+    """The config an export records: the run's, with the temperature it learned as `objective.eta`."""
+    if not cfg.objective.learn_eta:
+        return cfg
+    return dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, eta=eta))
+
+
+def continue_temperature(cfg: Config, source: Config) -> Config:
+    """A finetune's eta starts where its source's training left it (`exported_config`), not at the initial value.
+
+    The finetune inherits the source's critic and with it the spread of its Q-values, which the learned eta
+    matches. From the initial eta (1, against ~16 learned on reacher/easy) the dual needs a few hundred steps
+    to catch up, and meanwhile the improvement weights put nearly all their mass on the critic's best
+    sampled action, far beyond the KL bound epsilon: each self-improvement round began by chasing the critic's
+    errors.
+    """
+    if not (cfg.objective.learn_eta and source.objective.learn_eta):
+        return cfg
+    return dataclasses.replace(cfg, objective=dataclasses.replace(
+        cfg.objective, eta=max(source.objective.eta, cfg.objective.eta_min)))
+
+
 def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook | None = None,
           parent_run_id: str | None = None, run_name: str | None = None) -> TrainResult:
     """Run (or resume) a training run as configured; returns where the exported weights are."""
@@ -96,7 +119,8 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
     if latest is None and cfg.train.init_from:  # a resumed finetune continues from its own checkpoint
         from pac.training.weights import load_weights
 
-        init_weights = load_weights(cfg.train.init_from, cfg)
+        init_weights, source_cfg = load_weights(cfg.train.init_from, cfg)
+        cfg = continue_temperature(cfg, source_cfg)
     engine = DeepSpeedEngine(cfg, world, init_weights=init_weights,
                              resumed_precision=ckpts.manifest(latest).get("precision") if latest is not None else None)
     cfg = engine.cfg  # "auto" resolved: the log, MLflow and the manifest record the precision trained in
@@ -161,10 +185,10 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
         preemption.restore()
 
     export_uri = run_store.url(EXPORT)
-    weights = engine.consolidated_state_dict()
+    weights, eta = engine.consolidated_state_dict(), engine.eta()
     if world.is_main and not preemption.requested:
         with tempfile.TemporaryDirectory(prefix="pac-export-") as tmp:
-            save_export(weights, cfg, tmp)
+            save_export(weights, exported_config(cfg, eta), tmp)
             # Lineage for finetuning runs started from this export (their MLflow parent).
             (Path(tmp) / RUN_INFO).write_text(json.dumps({"run_id": run_id, "steps": step}))
             for f in sorted(Path(tmp).iterdir()):  # config.json last: it marks a complete export

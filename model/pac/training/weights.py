@@ -59,12 +59,13 @@ def source_run_id(uri: str, cfg: Config) -> str | None:
         return None
 
 
-def load_weights(uri: str, cfg: Config) -> dict[str, torch.Tensor]:
-    """The network state dict at `uri`, checked to fit `cfg.model` (a named mismatch otherwise)."""
+def load_weights(uri: str, cfg: Config) -> tuple[dict[str, torch.Tensor], Config]:
+    """The network state dict at `uri`, checked to fit `cfg.model` (a named mismatch otherwise), and the
+    config it was trained with."""
     net, source_cfg = load_model(uri, cfg)
     if source_cfg.model != cfg.model:
         diff = [f.name for f in dataclasses.fields(cfg.model)
                 if getattr(cfg.model, f.name) != getattr(source_cfg.model, f.name)]
         raise ExportError(f"{uri} holds a model of preset {source_cfg.preset!r}; this run is preset {cfg.preset!r} "
                           f"(fields differ: {', '.join(diff)}). Use --preset {source_cfg.preset}")
-    return net.state_dict()
+    return net.state_dict(), source_cfg
