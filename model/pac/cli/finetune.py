@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("finetune", help="finetune a trained model with the RL objective",
                        description="Start from a model (export directory/URI or models:/NAME@alias) and train on "
                                    "data.dataset mixed with data.mix_with; logs a child MLflow run of the model's "
-                                   "run. The architecture comes from the model.")
+                                   "run. The architecture comes from the model, and a learned temperature "
+                                   "(objective.eta) starts where the model's training left it.")
     p.add_argument("--model", required=True, help="export dir/URI or MLflow model URI to start from")
     add_config_flags(p, SECTIONS)
     p.set_defaults(func=run_finetune)
@@ -26,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Self-improvement without online exploration: each round's model collects "
                                    "episodes on the robot task(s), they become a new dataset version, and the next "
                                    "model is finetuned on them mixed with data.dataset. Prints and plots the "
-                                   "success/return curve over rounds.")
+                                   "success/return curve over rounds; with improve.collect_temperature, also that "
+                                   "of the collecting policy (sampled at that temperature, same episodes).")
     p.add_argument("--model", required=True, help="export dir/URI or MLflow model URI to start from")
     p.add_argument("--output", default="outputs/improve", help="directory for reports and the curve")
     add_config_flags(p, SECTIONS)
