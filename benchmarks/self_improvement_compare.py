@@ -23,54 +23,37 @@ from types import SimpleNamespace
 from typing import Any
 
 from pac.evaluation import mean_ci95
-from pac.workflow import return_change
+from pac.workflow import format_change, return_change
 
 
-def load_report(path: Path) -> Any | None:
-    """The per-task seeds and returns of a `report.json` (what `return_change` pairs), or None if absent."""
-    if not path.exists():
-        return None
-    tasks = json.loads(path.read_text())["tasks"]
-    return SimpleNamespace(tasks={k: SimpleNamespace(seeds=t["seeds"], returns=t["returns"]) for k, t in tasks.items()})
-
-
-def rounds(run: Path) -> int:
-    return len(list((run / "improve").glob("round*/report.json")))
+def load_reports(run: Path, name: str) -> list[Any]:
+    """Per round, the per-task seeds and returns of `<run>/improve/round<k>/<name>` (what `return_change` pairs)."""
+    reports = []
+    while (path := run / "improve" / f"round{len(reports)}" / name).exists():
+        tasks = json.loads(path.read_text())["tasks"]
+        reports.append(SimpleNamespace(tasks={k: SimpleNamespace(seeds=t["seeds"], returns=t["returns"])
+                                              for k, t in tasks.items()}))
+    if not reports:
+        raise SystemExit(f"{run} has no improve/round0/{name}")
+    return reports
 
 
 def pooled(values: list[float]) -> str:
     """Mean over pairs with its 95% t-interval and how many pairs are above zero."""
-    mean, ci = mean_ci95(values)
-    interval = f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else ""
-    return f"{mean:+.1f}{interval}, {sum(v > 0 for v in values)}/{len(values)}"
+    return f"{format_change(*mean_ci95(values))}, {sum(v > 0 for v in values)}/{len(values)}"
 
 
-def table(pairs: list[tuple[Path, Path]], sampled: bool) -> str:
-    name = "sampled/report.json" if sampled else "report.json"
-    n = min(min(rounds(p), rounds(c)) for p, c in pairs)
-    head = ("| round | PAC − round 0 (per pair) | pooled | control − round 0 (per pair) | pooled | "
-            "PAC − control (per pair, paired 95% CI) | pooled |")
-    lines = [head, "|---|---|---|---|---|---|---|"]
-    for k in range(1, n):
-        cells: dict[str, list[float]] = {"pac": [], "control": [], "diff": []}
-        texts: dict[str, list[str]] = {"pac": [], "control": [], "diff": []}
-        for pac_run, control_run in pairs:
-            runs = {"pac": pac_run, "control": control_run}
-            report = {f"{arm}{r}": load_report(run / "improve" / f"round{r}" / name)
-                      for arm, run in runs.items() for r in (0, k)}
-            if any(v is None for v in report.values()):
-                raise SystemExit(f"round {k}: {pac_run} or {control_run} has no {name} (sampled evaluation needs "
-                                 "runs that collected by sampling)")
-            for arm in ("pac", "control"):
-                change, _ = return_change(report[f"{arm}0"], report[f"{arm}{k}"])
-                cells[arm].append(change)
-                texts[arm].append(f"{change:+.1f}")
-            diff, ci = return_change(report[f"control{k}"], report[f"pac{k}"])
-            cells["diff"].append(diff)
-            texts["diff"].append(f"{diff:+.1f}" + (f" [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else ""))
-        lines.append(f"| {k} | {' / '.join(texts['pac'])} | {pooled(cells['pac'])} | "
-                     f"{' / '.join(texts['control'])} | {pooled(cells['control'])} | "
-                     f"{'; '.join(texts['diff'])} | {pooled(cells['diff'])} |")
+def table(pairs: list[tuple[Path, Path]], name: str) -> str:
+    runs = [(load_reports(pac, name), load_reports(control, name)) for pac, control in pairs]
+    lines = ["| round | PAC − round 0 (per pair) | pooled | control − round 0 (per pair) | pooled | "
+             "PAC − control (per pair, paired 95% CI) | pooled |", "|---|---|---|---|---|---|---|"]
+    for k in range(1, min(min(len(pac), len(control)) for pac, control in runs)):
+        pac_gain = [return_change(pac[0], pac[k])[0] for pac, _ in runs]
+        control_gain = [return_change(control[0], control[k])[0] for _, control in runs]
+        diffs = [return_change(control[k], pac[k]) for pac, control in runs]
+        lines.append(f"| {k} | {' / '.join(f'{v:+.1f}' for v in pac_gain)} | {pooled(pac_gain)} | "
+                     f"{' / '.join(f'{v:+.1f}' for v in control_gain)} | {pooled(control_gain)} | "
+                     f"{'; '.join(format_change(*d) for d in diffs)} | {pooled([d[0] for d in diffs])} |")
     return "\n".join(lines)
 
 
@@ -81,10 +64,10 @@ def main() -> None:
     args = p.parse_args()
     pairs = [(Path(a), Path(b)) for a, b in args.pair]
     print("greedy evaluation (return change):\n")
-    print(table(pairs, sampled=False))
+    print(table(pairs, "report.json"))
     if all((run / "improve" / "round0" / "sampled" / "report.json").exists() for pair in pairs for run in pair):
         print("\nsampled (collecting) policy (return change):\n")
-        print(table(pairs, sampled=True))
+        print(table(pairs, "sampled/report.json"))
 
 
 if __name__ == "__main__":

@@ -102,10 +102,10 @@ class ImproveResult:
         rows = [head + "collected return | model |", rule + "---:|---|"]
         for r in self.rounds:
             row = (f"| {r.round} | {_percent(r.success_rate)} | {r.return_mean:.1f} | "
-                   f"{_change(r.return_change, r.return_change_ci95)} | {r.normalized_score:.3f} | ")
+                   f"{format_change(r.return_change, r.return_change_ci95)} | {r.normalized_score:.3f} | ")
             if sampled:
                 row += (f"{_percent(r.sampled_success_rate)} | {_number(r.sampled_return_mean)} | "
-                        f"{_change(r.sampled_return_change, r.sampled_return_change_ci95)} | ")
+                        f"{format_change(r.sampled_return_change, r.sampled_return_change_ci95)} | ")
             rows.append(row + f"{_number(r.collected_return_mean)} | {r.model} |")
         return "\n".join(rows)
 
@@ -118,7 +118,8 @@ def _number(value: float | None) -> str:
     return "" if value is None else f"{value:.1f}"
 
 
-def _change(change: float | None, ci: tuple[float, float] | None) -> str:
+def format_change(change: float | None, ci: tuple[float, float] | None) -> str:
+    """`+1.2 [-0.3, +2.7]`: a change with its interval (either may be missing)."""
     text = "" if change is None else f"{change:+.1f}"
     return text if ci is None else text + f" [{ci[0]:+.1f}, {ci[1]:+.1f}]"
 
