@@ -74,9 +74,9 @@ def main() -> None:
     ref, stats = generate_dataset(cfg, "behaviour", progress=False)
     print(stats.table())
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=str(ref)))
-    # A directory given on the command line is a path (not a name under the storage root); URIs pass as they are.
-    pretrained = args.pretrained and (str(Path(args.pretrained).resolve()) if Path(args.pretrained).is_dir()
-                                      else args.pretrained)
+    pretrained = args.pretrained
+    if pretrained and Path(pretrained).is_dir():  # a path here, not a name under this run's storage root
+        pretrained = str(Path(pretrained).resolve())
     start_uri = pretrained or train(cfg, run_name="pretrain").export_uri
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, output=str(out / "runs" / "improve")))
     result = improve(cfg, start_uri, out / "improve")
