@@ -52,7 +52,8 @@ def test_finetune_starts_from_the_given_weights_and_names_its_parent(base: Confi
     assert run.data.tags["init_from"] == pretrained.export_uri
 
 
-def test_a_finetune_continues_the_temperature_its_source_learned(base: Config, tmp_path: Path) -> None:
+def test_a_finetune_continues_the_temperature_its_source_learned(base: Config, tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
     """Exports record the learned eta; a finetune starts from it, not from the initial `objective.eta`."""
     pretrained = train(base, run_name="pretrain")
     learned = pretrained.history[-1]["eta"]
@@ -65,6 +66,26 @@ def test_a_finetune_continues_the_temperature_its_source_learned(base: Config, t
     assert tuned.history[0]["eta"] == pytest.approx(learned, rel=1e-4)
     run = mlflow.MlflowClient(base.tracking.uri).get_run(tuned.run_id)
     assert float(run.data.params["objective.eta"]) == pytest.approx(learned)
+
+    # Resumed (one more step), it is the same run, and only the step count differs from the params it logged.
+    caplog.clear()
+    more = Config.from_dict({**ft_cfg.to_dict(), "train": {**ft_cfg.to_dict()["train"], "steps": 2}})
+    resumed = finetune(more, pretrained.export_uri)
+    assert resumed.run_id == tuned.run_id and len(resumed.history) == 1
+    changed = [r.getMessage() for r in caplog.records if "different values" in r.getMessage()]
+    assert changed and "objective.eta" not in changed[0] and "train.steps" in changed[0]
+
+
+def test_a_finetune_of_a_source_that_learned_no_temperature_keeps_its_own(base: Config, tmp_path: Path) -> None:
+    """BC's eta never moved: the finetune starts from its configured eta, not the BC run's initial one."""
+    bc = Config.from_dict({**base.to_dict(), "objective": {**base.to_dict()["objective"], "alpha": 1.0}})
+    pretrained = train(bc, run_name="pretrain-bc")
+    ft_cfg = Config.from_dict({**base.to_dict(),
+                               "objective": {**base.to_dict()["objective"], "alpha": 0.5, "eta": 5.0},
+                               "train": {**base.to_dict()["train"], "steps": 1, "lr": 1e-12, "warmup_steps": 0,
+                                         "output": str(tmp_path / "ft")}})
+    tuned = finetune(ft_cfg, pretrained.export_uri)
+    assert tuned.history[0]["eta"] == pytest.approx(5.0, rel=1e-4)
 
 
 def test_finetune_of_an_export_from_another_tracking_store_runs_unlinked(base: Config, tmp_path: Path) -> None:

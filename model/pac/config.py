@@ -110,6 +110,11 @@ class ObjectiveConfig:
         _check(self.target_period >= 1, "objective.target_period", f"must be >= 1, got {self.target_period}")
 
     @property
+    def learns_eta(self) -> bool:
+        """Whether training moves eta: the dual runs only beside the improvement term (alpha < 1)."""
+        return self.learn_eta and self.alpha < 1.0
+
+    @property
     def method(self) -> str:
         """The paper's name for this setting: BC, BC+Q or PAC."""
         if self.alpha < 1.0:

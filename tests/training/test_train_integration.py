@@ -83,3 +83,17 @@ def test_training_tracks_to_a_real_mlflow_server_and_a_resumed_run_continues_it(
         assert client.get_metric_history(first.run_id, name), name
     net, loaded_cfg = load_policy(f"runs:/{first.run_id}/policy", cfg.tracking)
     assert loaded_cfg.train.steps == 5 and sum(p.numel() for p in net.parameters()) > 0
+
+
+def test_an_export_records_a_learned_eta_within_the_configs_bounds() -> None:
+    """Training reads eta in float32: at its floor it can come out a hair below `eta_min`, which the config
+    refuses; the export must still be written (after hours of training), at the floor."""
+    from pac.training.loop import exported_config
+
+    cfg = Config.from_dict({"preset": "tiny", "objective": {"alpha": 0.5, "eta": 0.7, "eta_min": 0.7}})
+    at_floor = float(torch.tensor(0.7, dtype=torch.float32))
+    assert at_floor < 0.7
+    assert exported_config(cfg, at_floor).objective.eta == 0.7
+    assert exported_config(cfg, 12.5).objective.eta == 12.5
+    bc = Config.from_dict({"preset": "tiny", "objective": {"alpha": 1.0}})
+    assert exported_config(bc, 3.0).objective.eta == bc.objective.eta  # BC's eta never moved: its own value

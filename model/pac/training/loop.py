@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import signal
 import tempfile
 import time
@@ -75,11 +76,24 @@ class _Preemption:
         signal.signal(signal.SIGTERM, self._previous)
 
 
+def with_eta(cfg: Config, eta: float) -> Config:
+    """`cfg` with `objective.eta` set to `eta`, kept within the config's floor `eta_min`."""
+    return dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, eta=max(eta, cfg.objective.eta_min)))
+
+
 def exported_config(cfg: Config, eta: float) -> Config:
-    """The config an export records: the run's, with the temperature it learned as `objective.eta`."""
-    if not cfg.objective.learn_eta:
+    """The config an export records: the run's, with the temperature it learned as `objective.eta`.
+
+    A run whose eta never moved (BC, BC+Q, a fixed eta) records its configured value. The floor matters:
+    `eta_min` rounds to float32 in training, so an eta at its floor can read a hair below the config's value.
+    """
+    if not cfg.objective.learns_eta:
         return cfg
-    return dataclasses.replace(cfg, objective=dataclasses.replace(cfg.objective, eta=eta))
+    if not math.isfinite(eta):
+        log.warning("the learned eta is %s (the training diverged?); the export records the initial eta %g",
+                    eta, cfg.objective.eta)
+        return cfg
+    return with_eta(cfg, eta)
 
 
 def continue_temperature(cfg: Config, source: Config) -> Config:
@@ -89,12 +103,13 @@ def continue_temperature(cfg: Config, source: Config) -> Config:
     matches. From the initial eta (1, against ~16 learned on reacher/easy) the dual needs a few hundred steps
     to catch up, and meanwhile the improvement weights put nearly all their mass on the critic's best
     sampled action, far beyond the KL bound epsilon: each self-improvement round began by chasing the critic's
-    errors.
+    errors. A source that learned no eta (BC, BC+Q, a fixed eta) leaves the finetune's own initial value.
     """
-    if not (cfg.objective.learn_eta and source.objective.learn_eta):
+    if not (cfg.objective.learns_eta and source.objective.learns_eta):
         return cfg
-    return dataclasses.replace(cfg, objective=dataclasses.replace(
-        cfg.objective, eta=max(source.objective.eta, cfg.objective.eta_min)))
+    log.info("eta starts at %g, where the source's training left it (configured initial value: %g)",
+             source.objective.eta, cfg.objective.eta)
+    return with_eta(cfg, source.objective.eta)
 
 
 def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook | None = None,
@@ -132,6 +147,9 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
         set_rng_state(state["rng"])
         source.load_state_dict(state["loader"])
         start, run_id = latest, state.get("run_id")
+        # The eta the run started from (a finetune's continued one), so the resumed run's config and MLflow
+        # params are the original's; the learned value itself comes back with the engine's state.
+        cfg = with_eta(cfg, state.get("eta_start", cfg.objective.eta))
         log.info("resumed from %s at step %d", ckpts.store.url(), start)
     elif init_weights is not None:
         log.info("initialised from %s", cfg.train.init_from)
@@ -205,7 +223,8 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
 
 def _save(ckpts: CheckpointStore, engine: DeepSpeedEngine, step: int, cfg: Config, source: BatchSource,
           run_id: str | None) -> None:
-    state = {"rng": rng_state(), "loader": source.state_dict(), "run_id": run_id, "step": step}
+    state = {"rng": rng_state(), "loader": source.state_dict(), "run_id": run_id, "step": step,
+             "eta_start": cfg.objective.eta}
     ckpts.save(engine, step, cfg, state, keep=cfg.train.keep_checkpoints)
 
 
