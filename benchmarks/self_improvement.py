@@ -31,7 +31,8 @@ def main() -> None:
     p.add_argument("--episode-steps", type=int, default=100)
     p.add_argument("--pretrain-steps", type=int, default=1500)
     p.add_argument("--pretrained", default="",
-                   help="start the rounds from this model export (a directory) instead of pretraining one")
+                   help="start the rounds from this model export (a directory, or a models:/ or s3:// URI) "
+                        "instead of pretraining one")
     p.add_argument("--seed", type=int, default=0,
                    help="seeds the behaviour data and the training (one replicate); evaluation episodes stay fixed")
     p.add_argument("--rounds", type=int, default=3)
@@ -48,6 +49,10 @@ def main() -> None:
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
                    help="train.precision of pretraining and rounds (default: the config's)")
     args = p.parse_args()
+    if args.pretrained and "://" not in args.pretrained and not args.pretrained.startswith("models:/") \
+            and not Path(args.pretrained).is_dir():
+        p.error(f"--pretrained {args.pretrained}: no such directory (an export directory, e.g. "
+                "<run>/runs/pretrain/export, or a models:/ or s3:// URI)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
     out = Path(args.output).resolve()

@@ -43,8 +43,21 @@ def pooled(values: list[float]) -> str:
     return f"{format_change(*mean_ci95(values))}, {sum(v > 0 for v in values)}/{len(values)}"
 
 
+def load_pair(pac: Path, control: Path, name: str) -> tuple[list[Any], list[Any]]:
+    """Both arms' reports, checked to be a pair: round 0 (the shared starting policy, before any arm's
+    finetuning) evaluated on the same episodes with the same returns, and at least one round after it."""
+    runs = load_reports(pac, name), load_reports(control, name)
+    if runs[0][0].tasks != runs[1][0].tasks:
+        raise SystemExit(f"{pac} and {control} differ at round 0 ({name}): not a pair (the same pretrained "
+                         "policy, evaluated on the same episodes; see benchmarks/self_improvement.py --pretrained)")
+    for run, reports in zip((pac, control), runs, strict=True):
+        if len(reports) < 2:
+            raise SystemExit(f"{run} has no finished round after round 0 ({name})")
+    return runs
+
+
 def table(pairs: list[tuple[Path, Path]], name: str) -> str:
-    runs = [(load_reports(pac, name), load_reports(control, name)) for pac, control in pairs]
+    runs = [load_pair(pac, control, name) for pac, control in pairs]
     lines = ["| round | PAC − round 0 (per pair) | pooled | control − round 0 (per pair) | pooled | "
              "PAC − control (per pair, paired 95% CI) | pooled |", "|---|---|---|---|---|---|---|"]
     for k in range(1, min(min(len(pac), len(control)) for pac, control in runs)):

@@ -141,6 +141,8 @@ def return_change(before: Any, after: Any) -> tuple[float, tuple[float, float] |
 
     diffs = []
     for task, t in after.tasks.items():
+        if task not in before.tasks:
+            raise ValueError(f"task {task} is in one evaluation and not the other: no paired change")
         base = dict(zip(before.tasks[task].seeds, before.tasks[task].returns, strict=True))
         diffs += [r - base[s] for s, r in zip(t.seeds, t.returns, strict=True) if s in base]
     if not diffs:
