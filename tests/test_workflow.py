@@ -193,3 +193,6 @@ def test_return_change_pairs_episodes_by_task_and_seed() -> None:
     assert mean == pytest.approx(1.0) and ci == pytest.approx((1.0, 1.0))
     with pytest.raises(ValueError, match="share no episode"):
         return_change(report([1], [0.0]), report([2], [0.0]))
+    other_task = SimpleNamespace(tasks={"jaco/reach_site": SimpleNamespace(seeds=[1], returns=[0.0])})
+    with pytest.raises(ValueError, match="jaco/reach_site"):
+        return_change(report([1], [0.0]), other_task)
