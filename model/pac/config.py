@@ -324,6 +324,18 @@ class TrackingConfig:
 
 
 @dataclass
+class ClusterConfig:
+    """Where training runs: in this process (nodes == 1), or as a Kubeflow Trainer job over several nodes."""
+
+    nodes: int = 1  # training nodes; > 1 submits a TrainJob from inside the cluster (docs/deployment.md)
+    gpus_per_node: int = 0  # accelerators per node (0: CPU nodes, one process per node)
+
+    def __post_init__(self) -> None:
+        _check(self.nodes >= 1, "cluster.nodes", f"must be >= 1, got {self.nodes}")
+        _check(self.gpus_per_node >= 0, "cluster.gpus_per_node", f"must be >= 0, got {self.gpus_per_node}")
+
+
+@dataclass
 class Config:
     """Everything a PAC run needs, resolved. A checkpoint carries this, MLflow gets it flattened once."""
 
@@ -338,6 +350,7 @@ class Config:
     improve: ImproveConfig = field(default_factory=ImproveConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -22,7 +22,7 @@ from pac.presets import model_config
 SECTIONS: dict[str, type] = {
     "model": C.ModelConfig, "objective": C.ObjectiveConfig, "data": C.DataConfig, "generate": C.GenerateConfig,
     "train": C.TrainConfig, "eval": C.EvalConfig, "improve": C.ImproveConfig, "storage": C.StorageConfig,
-    "tracking": C.TrackingConfig,
+    "tracking": C.TrackingConfig, "cluster": C.ClusterConfig,
 }
 
 
