@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -146,7 +147,8 @@ def test_finetune_from_a_model_of_another_size_keeps_the_source_architecture(bas
                               "train": {**base.to_dict()["train"], "steps": 1, "output": str(tmp_path / "ft")}})
     tuned = finetune(other, pretrained.export_uri)
     _, cfg = load_model(tuned.export_uri, base)
-    assert cfg.preset == "tiny" and cfg.model == base.model
+    assert cfg.preset == "tiny" and dataclasses.replace(cfg.model, proprio_stats={}) == base.model
+    assert cfg.model.proprio_stats  # the source's state statistics came along
 
 
 def test_demo_runs_the_whole_loop_on_embedded_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -33,6 +33,19 @@ def _check(ok: bool, name: str, msg: str) -> None:
 
 
 @dataclass
+class ProprioStats:
+    """One task's state normalisation: the training data's per-dimension mean and standard deviation."""
+
+    mean: list[float]
+    std: list[float]
+
+    def __post_init__(self) -> None:
+        _check(len(self.mean) == len(self.std), "model.proprio_stats",
+               f"mean has {len(self.mean)} dims and std {len(self.std)}")
+        _check(all(s >= 0 for s in self.std), "model.proprio_stats", "std must be >= 0")
+
+
+@dataclass
 class ModelConfig:
     """Perceiver-IO actor-critic dimensions (see PAC.md, Figure 2)."""
 
@@ -42,10 +55,24 @@ class ModelConfig:
     num_heads: int = 4
     mlp_ratio: int = 4
     decoder_layers: int = 1  # cross-attention layers in each decoder
-    max_proprio_dims: int = 96  # learned per-dimension position embeddings for proprio tokens
-    proprio_fourier_bands: int = 0  # sin/cos of each proprio value at periods 8, 4, ..., 8/2^(bands-1); 0: value only
+    max_proprio_dims: int = 96  # longest state vector the proprio encoder takes (shorter ones are padded and masked)
+    # vector: the whole padded state vector -> MLP -> `proprio_tokens` tokens (as JAT); scalar: one token per
+    # scalar (value embedding + learned position). Compared in docs/learner.md
+    proprio_encoder: Literal["vector", "scalar"] = "scalar"
+    proprio_tokens: int = 4  # tokens the vector encoder emits
+    # sin/cos of each (standardised) state value at periods 8, 4, ..., 8/2^(bands-1); 0: the value only
+    proprio_fourier_bands: int = 8
+    # task: standardise each task's state with its training data's mean and std (the manifest's statistics, as
+    # TD3+BC and IQL do), recorded below when a run starts and kept through finetuning; none: raw values
+    proprio_norm: Literal["task", "none"] = "task"
+    # task -> statistics, filled by the training run (not a setting: the data decides it)
+    proprio_stats: dict[str, ProprioStats] = field(default_factory=dict)
     max_action_dims: int = 16  # policy queries; embodiments with fewer dims are masked
     action_bins: int = 101  # per-dimension uniform bins over [-1, 1] (normalised action bounds)
+    # the greedy policy's action per dimension: argmax (the likeliest bin), mean (of the bin distribution) or
+    # topk (mean over the `action_decode_k` bins around the likeliest); sampling always uses the categorical
+    action_decode: Literal["argmax", "mean", "topk"] = "argmax"
+    action_decode_k: int = 5
     value_atoms: int = 101  # categorical Q support
     value_min: float = 0.0
     value_max: float = 100.0  # rewards in [0, 1] with discount 0.99 bound returns by 100
@@ -56,10 +83,18 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         for name in ("d_model", "num_latents", "num_blocks", "num_heads", "mlp_ratio", "decoder_layers",
-                     "max_proprio_dims", "max_action_dims", "image_channels", "patch_size", "max_text_tokens"):
+                     "max_proprio_dims", "proprio_tokens", "max_action_dims", "image_channels", "patch_size",
+                     "max_text_tokens"):
             _check(getattr(self, name) >= 1, f"model.{name}", f"must be >= 1, got {getattr(self, name)}")
         _check(self.d_model % self.num_heads == 0, "model.d_model",
                f"{self.d_model} is not divisible by model.num_heads={self.num_heads}")
+        _check(self.proprio_encoder in ("vector", "scalar"), "model.proprio_encoder",
+               f"must be 'vector' or 'scalar', got {self.proprio_encoder!r}")
+        _check(self.proprio_norm in ("task", "none"), "model.proprio_norm",
+               f"must be 'task' or 'none', got {self.proprio_norm!r}")
+        _check(self.action_decode in ("argmax", "mean", "topk"), "model.action_decode",
+               f"must be 'argmax', 'mean' or 'topk', got {self.action_decode!r}")
+        _check(self.action_decode_k >= 1, "model.action_decode_k", f"must be >= 1, got {self.action_decode_k}")
         _check(self.proprio_fourier_bands >= 0, "model.proprio_fourier_bands",
                f"must be >= 0, got {self.proprio_fourier_bands}")
         _check(self.action_bins >= 2, "model.action_bins", f"need at least 2 bins, got {self.action_bins}")
@@ -79,6 +114,10 @@ class ObjectiveConfig:
 
     alpha: float = 0.75  # weight of KL(b || pi); the improvement adds <= 1-alpha to an action (docs/quality.md)
     beta: float = 1.0  # weight of the distributional critic cross-entropy
+    # the BC term's target over action bins: onehot (the data's bin), twohot (split between the two bins around
+    # the value) or hlgauss (a Gaussian of `bc_target_sigma` bin widths); see pac.networks.action_targets
+    bc_target: Literal["onehot", "twohot", "hlgauss"] = "onehot"
+    bc_target_sigma: float = 0.75
     eta: float = 1.0  # temperature of the improved policy (initial value when learned; exports record the learned one)
     learn_eta: bool = True  # MPO-style dual on eta with KL bound epsilon
     epsilon: float = 0.1  # KL bound of the eta dual
@@ -95,6 +134,9 @@ class ObjectiveConfig:
     def __post_init__(self) -> None:
         _check(0.0 <= self.alpha <= 1.0, "objective.alpha", f"must be in [0, 1], got {self.alpha}")
         _check(self.beta >= 0.0, "objective.beta", f"must be >= 0, got {self.beta}")
+        _check(self.bc_target in ("onehot", "twohot", "hlgauss"), "objective.bc_target",
+               f"must be 'onehot', 'twohot' or 'hlgauss', got {self.bc_target!r}")
+        _check(self.bc_target_sigma > 0, "objective.bc_target_sigma", f"must be > 0, got {self.bc_target_sigma}")
         _check(self.eta > 0.0, "objective.eta", f"must be > 0, got {self.eta}")
         _check(self.epsilon > 0.0, "objective.epsilon", f"must be > 0, got {self.epsilon}")
         _check(0.0 < self.eta_min <= self.eta, "objective.eta_min", f"must be in (0, eta], got {self.eta_min}")
@@ -150,6 +192,9 @@ class GenerateConfig:
     tasks: list[str] = field(default_factory=lambda: ["cartpole/balance", "point_mass/easy"])
     episodes_per_policy: int = 4  # per task and per quality level
     qualities: list[str] = field(default_factory=lambda: ["random", "noisy", "expert"])
+    # quality -> episodes per task, for the qualities it names (a mix such as 30% random / 40% degraded / 30% expert)
+    quality_episodes: dict[str, int] = field(default_factory=dict)
+    workers: int = 0  # processes simulating (task, quality) runs side by side; 0: one per CPU core
     episode_steps: int = 250  # time limit per episode (control steps)
     vision: bool = False  # also store camera pixels
     image_size: int = IMAGE_SIZE  # side of the stored camera frames in pixels
@@ -160,6 +205,10 @@ class GenerateConfig:
     damped_noise_std: float = 0.0  # 'damped' policy: Gaussian noise on its actions, fraction of half the range
     damped_expert_prob: float = 0.0  # 'damped' policy: probability a step takes the expert's own action instead
 
+    def episodes(self, quality: str) -> int:
+        """Episodes per task of one quality level."""
+        return self.quality_episodes.get(quality, self.episodes_per_policy)
+
     def __post_init__(self) -> None:
         _check(self.episodes_per_policy >= 1, "generate.episodes_per_policy",
                f"must be >= 1, got {self.episodes_per_policy}")
@@ -167,6 +216,12 @@ class GenerateConfig:
         _check(bool(self.tasks), "generate.tasks", "name at least one task (see `pac tasks`)")
         _check(bool(self.qualities) and set(self.qualities) <= set(BEHAVIOUR_QUALITIES),
                "generate.qualities", f"choose from {', '.join(BEHAVIOUR_QUALITIES)}; got {self.qualities}")
+        _check(set(self.quality_episodes) <= set(self.qualities), "generate.quality_episodes",
+               f"names qualities not in generate.qualities {self.qualities}: "
+               f"{sorted(set(self.quality_episodes) - set(self.qualities))}")
+        _check(all(n >= 1 for n in self.quality_episodes.values()), "generate.quality_episodes",
+               f"every count must be >= 1, got {self.quality_episodes}")
+        _check(self.workers >= 0, "generate.workers", f"must be >= 0, got {self.workers}")
         _check(self.image_size >= 8, "generate.image_size", f"must be >= 8, got {self.image_size}")
         _check(0.0 <= self.noisy_expert_prob <= 1.0, "generate.noisy_expert_prob",
                f"must be in [0, 1], got {self.noisy_expert_prob}")
@@ -399,8 +454,19 @@ def read_overrides(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def parse_overrides(text: str) -> dict[str, Any]:
+    """Config overrides given as JSON text (a pipeline parameter): a mapping of sections; "" for none."""
+    try:
+        data = json.loads(text or "{}")
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"config overrides are not valid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config overrides must be a JSON mapping of config sections, got {type(data).__name__}")
+    return data
+
+
 # Mapping-valued fields: values, not config sections (they replace rather than merge, and stay whole when flattened).
-_LEAF_MAPPINGS = ("task_weights", "mix_with")
+_LEAF_MAPPINGS = ("task_weights", "mix_with", "proprio_stats", "quality_episodes")
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

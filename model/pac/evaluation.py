@@ -52,8 +52,8 @@ from pac.config import IMAGE_SIZE, Config, ConfigError, EvalConfig, ModelConfig,
 from pac.data.schema import Episode
 from pac.envs import Env, Obs, RenderingUnavailable, TaskSpec, UnknownTaskError, get_task, list_tasks, make_env
 from pac.envs.policies import Policy, RandomPolicy
-from pac.inputs import Observation, denormalize_action
-from pac.networks import PerceiverActorCritic, bins_to_action, expected_value, value_support
+from pac.inputs import MissingStatsError, Observation, denormalize_action, normalize_proprio, task_stats
+from pac.networks import PerceiverActorCritic, bins_to_action, decode_greedy, expected_value, value_support
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,10 @@ def check_fit(model: ModelConfig, plans: Sequence[TaskPlan]) -> None:
         if plan.trained is not None and plan.trained != (proprio_dim, action_dim):
             problems.append(f"{plan.task} now has (proprio, action) dims {(proprio_dim, action_dim)}, the model "
                             f"was trained on {plan.trained} (the task registry changed since training)")
+        try:
+            task_stats(model, plan.task)
+        except MissingStatsError as e:
+            problems.append(str(e))
         if plan.vision:
             if plan.image_size != model.image_size:
                 problems.append(f"{plan.task} is observed through {plan.image_size}x{plan.image_size} camera frames, "
@@ -355,7 +359,8 @@ class NetworkPolicy:
     def act(self, slots: Sequence[int], envs: Sequence[Env], obs: Sequence[Obs]) -> np.ndarray:
         num_dims = envs[0].action_dim
         images = [o["image"] for o in obs] if any(o["image"] is not None for o in obs) else None
-        batch = Observation.from_numpy([o["proprio"] for o in obs], [e.instruction for e in envs],
+        proprio = [normalize_proprio(o["proprio"], task_stats(self.net.cfg, e.spec.id)) for o, e in zip(obs, envs)]
+        batch = Observation.from_numpy(proprio, [e.instruction for e in envs],
                                        self.net.cfg.max_text_tokens, images).to(self.device)
         rngs = [self._rngs[s] for s in slots]
         was_training = self.net.training
@@ -377,7 +382,8 @@ class NetworkPolicy:
         k = self.cfg.q_select_samples
         if k == 0:
             if self.cfg.greedy:
-                return bins_to_action(logits.argmax(-1), bins).cpu().numpy()
+                mcfg = self.net.cfg
+                return decode_greedy(logits, bins, mcfg.action_decode, mcfg.action_decode_k).cpu().numpy()
             return bins_to_action(torch.from_numpy(sample_bins(logits, self.cfg.temperature, rngs, 1)[:, 0]),
                                   bins).numpy()
         index = torch.from_numpy(sample_bins(logits, self.cfg.temperature, rngs, k)).to(logits.device)  # (N, K, A)
@@ -677,6 +683,19 @@ class EvalReport:
                 "methods": {"return_ci95": CI_METHOD, "normalized_score": SCORE_METHOD},
                 "summary": {"tasks": len(self.tasks), "normalized_score_mean": self.mean_normalized_score},
                 "tasks": {k: dataclasses.asdict(v) for k, v in self.tasks.items()}}
+
+    @staticmethod
+    def load(path: str | Path) -> EvalReport:
+        """A report written by `write_outputs` (report.json), with the files beside it."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+            tasks = {k: TaskReport(**v) for k, v in data["tasks"].items()}
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path} is not an evaluation report (report.json of `pac evaluate`): {e}") from e
+        files = {kind: path.parent / name for kind, name in (("report", path.name), ("table", "results.md"),
+                                                             ("plot", "scores.png")) if (path.parent / name).is_file()}
+        return EvalReport(data.get("policy", ""), data.get("step"), data.get("config", {}), tasks, files)
 
     def table(self) -> str:
         """The results as a markdown table (what `pac evaluate` prints and writes to results.md)."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass, fields
 import numpy as np
 import torch
 
+from pac.config import ModelConfig, ProprioStats
+
 PAD_TOKEN = 0  # byte b is token b + 1
 
 
@@ -37,6 +39,49 @@ def normalize_action(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> n
 def denormalize_action(action: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
     """Inverse of `normalize_action`."""
     return (low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (high - low)).astype(np.float32)
+
+
+STD_MIN = 1e-6  # below this a state dimension counts as constant in the data
+
+
+class MissingStatsError(ValueError):
+    """A model that standardises states per task was asked to act on a task it has no statistics for."""
+
+
+def normalize_proprio(proprio: np.ndarray, stats: ProprioStats | None) -> np.ndarray:
+    """Standardise one task's states (..., P) with its training statistics (`model.proprio_norm`); None: as is.
+
+    Why: control often hangs on coordinates that are small in raw units (a point mass 0.1 from its target,
+    sitting still): fed raw values, the tiny network learned to ignore them and stood still (issue 26).
+    A dimension that never varied in the data is only centred: dividing by its ~0 std would turn any later
+    change of it into an enormous input.
+    """
+    if stats is None:
+        return proprio
+    mean, std = np.asarray(stats.mean, np.float32), np.asarray(stats.std, np.float32)
+    if proprio.shape[-1] != len(mean):
+        raise ValueError(f"state has {proprio.shape[-1]} dims; the model's statistics for this task have "
+                         f"{len(mean)} (a different embodiment under the same task name?)")
+    return ((proprio - mean) / np.where(std < STD_MIN, 1.0, std)).astype(np.float32)
+
+
+def task_stats(model: ModelConfig, task: str) -> ProprioStats | None:
+    """The statistics `normalize_proprio` applies to `task` under `model`; None when the model reads raw states.
+
+    A model reads raw states when `model.proprio_norm` is "none", or when it recorded no statistics at all
+    (trained on batches a caller made, not on a dataset). A model that has statistics refuses a task it lacks
+    them for: its network never saw that task's raw scale, and acting on it would be silently wrong.
+
+    Raises:
+        MissingStatsError: naming the task and the tasks the model has statistics for.
+    """
+    if model.proprio_norm != "task" or not model.proprio_stats:
+        return None
+    if task not in model.proprio_stats:
+        raise MissingStatsError(
+            f"the model standardises states per task and has no statistics for {task!r} (it has them for "
+            f"{', '.join(sorted(model.proprio_stats))}); finetune it on data of {task!r} first, which records them")
+    return model.proprio_stats[task]
 
 
 def pad_rows(rows: Sequence[np.ndarray], width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -67,6 +112,20 @@ class Observation:
 
     def to(self, device: torch.device | str) -> Observation:
         return Observation(**{f.name: _to(getattr(self, f.name), device) for f in fields(self)})
+
+    @staticmethod
+    def cat(observations: Sequence[Observation]) -> Observation:
+        """Concatenate batches along the batch axis (all with the same padded widths and modalities)."""
+        out = {}
+        for f in fields(Observation):
+            parts = [getattr(o, f.name) for o in observations]
+            if any(p is None for p in parts):
+                if not all(p is None for p in parts):
+                    raise ValueError(f"cannot concatenate observations where only some have {f.name}")
+                out[f.name] = None
+            else:
+                out[f.name] = torch.cat(parts)
+        return Observation(**out)
 
     @staticmethod
     def from_numpy(proprio: Sequence[np.ndarray], instructions: Sequence[str], max_text_tokens: int,

@@ -22,8 +22,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from pac.config import ModelConfig, ObjectiveConfig
-from pac.inputs import Transition
-from pac.networks import PerceiverActorCritic, action_to_bins, entropy, expected_value, log_prob, sample_actions
+from pac.inputs import Observation, Transition
+from pac.networks import (
+    PerceiverActorCritic,
+    action_targets,
+    cross_entropy,
+    entropy,
+    expected_value,
+    log_prob,
+    sample_actions,
+)
 from pac.networks import value_support as make_support
 
 
@@ -132,8 +140,8 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
     mask = batch.action_mask
     z = net.encode(batch.obs)  # (B, N, D)
     logits = net.policy_logits(z, a_dims)  # (B, A, bins)
-    bc_logp = log_prob(logits, action_to_bins(batch.action, mcfg.action_bins), mask)  # (B,)
-    bc_loss = -bc_logp.mean()
+    targets = action_targets(batch.action, mcfg.action_bins, cfg.bc_target, cfg.bc_target_sigma)  # (B, A, bins)
+    bc_loss = cross_entropy(logits, targets, mask).mean()
     metrics: dict[str, torch.Tensor] = {"bc_nll": bc_loss.detach(),
                                         "entropy": entropy(logits, mask).mean().detach()}
     loss = cfg.alpha * bc_loss
@@ -147,9 +155,12 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
     support = make_support(mcfg, z.device)
     k = cfg.num_action_samples
     with torch.no_grad():
+        if improve:  # the target encodes s_t and s_{t+n} in one pass: each layer runs once over 2B rows
+            z_now_target, z_next = target.encode(Observation.cat([batch.obs, batch.next_obs])).chunk(2)
+        else:
+            z_next = target.encode(batch.next_obs)
         # Bootstrapped target distribution Gamma_theta'(q | s_t, a_t): next actions from the target policy,
         # the mixture of their target value distributions, projected through R + gamma^n z.
-        z_next = target.encode(batch.next_obs)
         _, next_actions = sample_actions(target.policy_logits(z_next, a_dims), k, uniform_mix=cfg.uniform_mix,
                                          generator=generator)
         next_probs = F.softmax(target.q_logits(z_next, next_actions, mask).float(), -1).mean(1)  # (B, atoms)
@@ -167,7 +178,7 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
     if improve:
         with torch.no_grad():
             # a' ~ pi_theta'(.|s_t), scored by the online critic Q_theta against the same state encoding.
-            idx, sampled = sample_actions(target.policy_logits(target.encode(batch.obs), a_dims), k,
+            idx, sampled = sample_actions(target.policy_logits(z_now_target, a_dims), k,
                                           uniform_mix=cfg.uniform_mix, generator=generator)
             q_sampled = expected_value(net.q_logits(z.detach(), sampled, mask), support)  # (B, K)
             w = improvement_weights(q_sampled, eta.detach())

@@ -43,8 +43,8 @@ from mlflow.tracking import MlflowClient
 
 from pac import __version__
 from pac.config import Config, TrackingConfig
-from pac.inputs import Observation, denormalize_action
-from pac.networks import PerceiverActorCritic, bins_to_action
+from pac.inputs import Observation, denormalize_action, normalize_proprio, task_stats
+from pac.networks import PerceiverActorCritic, decode_greedy
 from pac.training.export import CONFIG, WEIGHTS, ExportError, load_export
 
 log = logging.getLogger(__name__)
@@ -151,6 +151,7 @@ class PolicyInput(pydantic.BaseModel):
 
     proprio: list[float]  # proprioceptive state vector, any length up to model.max_proprio_dims
     instruction: str | None = None  # task instruction (the language modality); None or "" for none
+    task: str | None = None  # task id, e.g. "point_mass/easy": picks the state normalisation the model trained with
     action_dims: int | None = None
     action_low: list[float] | None = None
     action_high: list[float] | None = None
@@ -182,7 +183,7 @@ class PolicyInput(pydantic.BaseModel):
 
 
 def greedy_actions(net: PerceiverActorCritic, config: Config, observations: Sequence[PolicyInput]) -> list[list[float]]:
-    """The argmax-bin action of each observation, denormalised where bounds are given.
+    """The greedy action of each observation (`model.action_decode`), denormalised where bounds are given.
 
     Observations may come from different embodiments (different proprio and action sizes): the batch is padded
     to the largest and each row is cut back to its own action dimensions.
@@ -200,13 +201,21 @@ def greedy_actions(net: PerceiverActorCritic, config: Config, observations: Sequ
     images = None
     if any(o.image is not None for o in observations):
         images = [None if o.image is None else np.asarray(o.image, dtype=np.uint8) for o in observations]
-    obs = Observation.from_numpy([np.asarray(o.proprio, dtype=np.float32) for o in observations],
+    known = config.model.proprio_stats if config.model.proprio_norm == "task" else {}
+    if known and any(o.task is None for o in observations):
+        # Which statistics apply depends on the task: guessing would act on the wrong scale, silently.
+        raise ValueError(f"this model standardises states per task: give each observation's `task` "
+                         f"(trained on {', '.join(sorted(known))})")
+    proprio = [normalize_proprio(np.asarray(o.proprio, dtype=np.float32), task_stats(config.model, o.task or ""))
+               for o in observations]
+    obs = Observation.from_numpy(proprio,
                                  [o.instruction or "" for o in observations], config.model.max_text_tokens, images)
     device = next(net.parameters()).device
     with torch.inference_mode():
         latents = net.encode(obs.to(device))  # (B, N, D)
         logits = net.policy_logits(latents, max(o.num_action_dims for o in observations))  # (B, A, bins)
-        normalised = bins_to_action(logits.argmax(-1), config.model.action_bins).cpu().numpy()  # (B, A)
+        normalised = decode_greedy(logits, config.model.action_bins, config.model.action_decode,
+                                   config.model.action_decode_k).cpu().numpy()  # (B, A)
     actions = []
     for row, o in zip(normalised, observations, strict=True):
         action = row[: o.num_action_dims]

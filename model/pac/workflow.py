@@ -13,12 +13,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pac.config import Config
+from pac.storage import is_s3, resolve_uri
 from pac.training.loop import TrainResult, train
 from pac.training.weights import is_mlflow_uri, load_model, source_run_id
 
@@ -35,13 +38,41 @@ def generate_dataset(cfg: Config, dataset: str, *, append: bool = False, progres
     from pac.data.ingest import ingest
 
     gen = cfg.generate
-    check_config(gen)  # unknown tasks fail here, before the store is touched
+    check_config(gen, free_bytes(resolve_uri(dataset, cfg.storage)))  # before the store is touched
     stats = ReturnStats(gen.episode_steps)
     source = {"kind": "generate", "generator_version": GENERATOR_VERSION,
               **{k: ",".join(v) if isinstance(v, list) else str(v) for k, v in dataclasses.asdict(gen).items()}}
     ref = ingest(generate_episodes(gen, stats=stats, progress=progress), dataset, storage=cfg.storage,
                  data=cfg.data, sources=[source], append=append, progress=False)
     return ref, stats
+
+
+def dataset_metadata(dataset: str, overrides: str = "") -> dict[str, Any]:
+    """What a pipeline records of a dataset version: its immutable URI (`@latest` resolved), version, the
+    manifest's sha256 digest and its size. `overrides` (JSON config sections) supply the storage settings."""
+    import hashlib
+
+    from pac.config import parse_overrides
+    from pac.data.dataset import open_dataset
+
+    cfg = Config.from_dict(parse_overrides(overrides))
+    ds = open_dataset(dataset, cfg.storage)
+    counts = ds.manifest.counts
+    return {"uri": ds.uri, "name": ds.manifest.name, "version": ds.ref.version,
+            "digest": hashlib.sha256(ds.manifest.to_json().encode()).hexdigest(),
+            "episodes": counts["episodes"], "transitions": counts["transitions"],
+            "tasks": ",".join(ds.manifest.tasks)}
+
+
+def free_bytes(uri: str) -> int:
+    """Free space for a new dataset at `uri`: the ingest's staging directory, and the target when it is local."""
+    paths = [Path(tempfile.gettempdir())] + ([] if is_s3(uri) else [Path(uri)])
+    free = []
+    for path in paths:
+        while not path.exists():  # the dataset's own directory does not exist yet
+            path = path.parent
+        free.append(shutil.disk_usage(path).free)
+    return min(free)
 
 
 def finetune(cfg: Config, model_uri: str, *, run_name: str | None = None) -> TrainResult:

@@ -11,7 +11,14 @@ import pytest
 from pac.cli import main
 from pac.config import Config, ConfigError, GenerateConfig, StorageConfig
 from pac.data.dataset import open_dataset
-from pac.data.generate import GENERATOR_VERSION, ReturnStats, generate_episodes, seed_stream
+from pac.data.generate import (
+    GENERATOR_VERSION,
+    ReturnStats,
+    check_config,
+    estimated_bytes,
+    generate_episodes,
+    seed_stream,
+)
 from pac.data.schema import Episode
 from pac.envs import RenderingUnavailable, UnknownTaskError
 from pac.evaluation import episode_seed
@@ -122,3 +129,31 @@ def test_cli_rejects_unknown_task(tmp_path: Path, capsys: pytest.CaptureFixture[
                "--generate.tasks", "walker/fly"])
     assert rc == 1 and "unknown task 'walker/fly'; known tasks:" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()  # nothing was written
+
+
+def test_quality_mix_and_worker_count_leave_the_episodes_unchanged() -> None:
+    mix = replace(SMALL, qualities=["random", "expert"], quality_episodes={"random": 3})
+    serial = list(generate_episodes(replace(mix, workers=1), progress=False))
+    parallel = list(generate_episodes(replace(mix, workers=2), progress=False))
+    for a, b in zip(serial, parallel, strict=True):
+        _same(a, b)
+    counts = {(t, q): sum(ep.task == t and ep.quality == q for ep in serial) for t in SMALL.tasks
+              for q in ("random", "expert")}
+    assert counts == {(t, "random"): 3 for t in SMALL.tasks} | {(t, "expert"): 2 for t in SMALL.tasks}
+    with pytest.raises(ConfigError, match="generate.quality_episodes.*damped"):
+        replace(SMALL, quality_episodes={"damped": 2})
+
+
+def test_a_recipe_too_large_for_the_disk_fails_before_simulating(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = Config.from_dict({"generate": {"tasks": ["point_mass/easy"], "episode_steps": 1000,
+                                            "episodes_per_policy": 10}}).generate
+    need = estimated_bytes(recipe)
+    assert need == 3 * 10 * 1001 * 4 * (4 + 2 + 2)  # 3 qualities x 10 episodes of float32 (state, action, r, d)
+    check_config(recipe, free_bytes=need)
+    with pytest.raises(ValueError, match=r"30 episodes of 1000 steps need about .* GiB and only .* GiB are free"):
+        check_config(recipe, free_bytes=need - 1)
+    # The shipped benchmark recipe, by name: >= 100 episodes x 1000 steps per task, 30/40/30 random/degraded/expert.
+    rc = main(["config", "--config", "benchmark"])
+    shown = capsys.readouterr().out
+    assert rc == 0 and "jaco/reach_site" in shown and "quality_episodes" in shown

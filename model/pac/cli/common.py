@@ -11,9 +11,11 @@ import argparse
 import dataclasses
 import functools
 import inspect
+import os
 import re
 import typing
 from collections.abc import Sequence
+from importlib import resources
 from typing import Any
 
 from pac import config as C
@@ -48,9 +50,23 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp)).upper()
 
 
+def recipe_names() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("pac").joinpath("recipes").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def config_file(value: str) -> str:
+    """`--config`'s file: a path, else the recipe of that name shipped in pac/recipes."""
+    if os.path.exists(value) or value not in recipe_names():
+        return value  # a missing path is reported by read_overrides, naming it
+    return str(resources.files("pac").joinpath(f"recipes/{value}.yaml"))
+
+
 def add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str]) -> None:
     """Add `--config`, `--preset`, `--seed` and one flag per field of the named config sections."""
-    parser.add_argument("--config", metavar="FILE", help="YAML/JSON file of config overrides (see `pac config`)")
+    parser.add_argument("--config", metavar="FILE|RECIPE",
+                        help="YAML/JSON file of config overrides (see `pac config`), or a recipe shipped with pac: "
+                             f"{', '.join(recipe_names())} (pac/recipes/NAME.yaml)")
     if "model" in sections:
         parser.add_argument("--preset", help="model size preset, see `pac presets` (default: tiny)")
     parser.add_argument("--seed", type=int, help="global random seed (default: 0)")
@@ -61,6 +77,8 @@ def add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str]) -
         defaults = cls()
         for f in dataclasses.fields(cls):
             tp = C.field_types(cls)[f.name]
+            if typing.get_origin(tp) is dict and dataclasses.is_dataclass(typing.get_args(tp)[1]):
+                continue  # recorded by a run from its data (model.proprio_stats), not a setting
             default = getattr(defaults, f.name)
             help_text = f"{docs.get(f.name, '')} (default: {default!r})".strip()
             group.add_argument(f"--{section}.{f.name}", dest=f"{section}.{f.name}", default=argparse.SUPPRESS,
@@ -69,7 +87,7 @@ def add_config_flags(parser: argparse.ArgumentParser, sections: Sequence[str]) -
 
 def resolve_config(args: argparse.Namespace) -> C.Config:
     """Build the resolved `Config` from defaults, preset, config file and flags (in that order)."""
-    file = C.read_overrides(args.config) if getattr(args, "config", None) else {}
+    file = C.read_overrides(config_file(args.config)) if getattr(args, "config", None) else {}
     flag_preset = getattr(args, "preset", None)
     preset = flag_preset or file.get("preset") or C.Config.preset
     overrides = {k: v for k, v in file.items() if k != "preset"}

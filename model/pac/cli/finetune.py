@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "run. The architecture comes from the model, and a learned temperature "
                                    "(objective.eta) starts where the model's training left it.")
     p.add_argument("--model", required=True, help="export dir/URI or MLflow model URI to start from")
+    p.add_argument("--result-file", metavar="PATH",
+                   help="also write {uri, run_id, steps} of the result as JSON to this file (pipeline output)")
     add_config_flags(p, SECTIONS)
     p.set_defaults(func=run_finetune)
 
@@ -36,11 +38,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_finetune(args: argparse.Namespace) -> int:
+    from pac.cli.train import write_result
     from pac.workflow import finetune
 
     result = finetune(resolve_config(args), args.model)
     print(f"finetuned {result.steps} steps; weights: {result.export_uri}; MLflow run: {result.run_id}")
-    return 143 if result.preempted else 0
+    if result.preempted:
+        return 143
+    write_result(args.result_file, result)
+    return 0
 
 
 def run_improve(args: argparse.Namespace) -> int:

@@ -7,6 +7,9 @@ Several processes: torchrun --nproc_per_node 2 -m pac.cli train --data.dataset c
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any
 
 from pac.cli.common import add_config_flags, resolve_config
 
@@ -18,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_flags(p, TRAIN_SECTIONS)
     p.add_argument("--parent-run-id", help="MLflow run this run continues from (finetuning lineage)")
+    p.add_argument("--result-file", metavar="PATH",
+                   help="also write {uri, run_id, steps} of the result as JSON to this file (pipeline output)")
     p.set_defaults(func=run)
 
 
@@ -30,7 +35,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"preempted at step {result.steps}: checkpoint saved; rerun the same command to resume")
         return 143
     print(f"trained {result.steps} steps; weights: {result.export_uri}; MLflow run: {result.run_id}")
+    write_result(args.result_file, result)
     return 0
+
+
+def write_result(path: str | None, result: Any) -> None:
+    """The pipeline's handle on a training result: the export's URI, the MLflow run, the steps done."""
+    if path:
+        Path(path).write_text(json.dumps({"uri": result.export_uri, "run_id": result.run_id or "",
+                                          "steps": result.steps}))
 
 
 def _eval_hook(cfg):  # type: ignore[no-untyped-def]

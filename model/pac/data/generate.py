@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import multiprocessing
+import os
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from importlib import metadata
 
@@ -28,7 +31,7 @@ from pac.config import EvalConfig, GenerateConfig
 from pac.data.schema import Episode
 from pac.envs import get_task
 from pac.envs.policies import make_policy
-from pac.evaluation import ScriptedSource, TaskPlan, iter_rollout
+from pac.evaluation import ScriptedSource, TaskPlan, iter_rollout, task_layout
 
 GENERATOR_VERSION = "2"  # bump when the same config would produce different episodes
 _HIST_BINS = 10
@@ -84,19 +87,77 @@ def _bars(counts: np.ndarray) -> str:
     return "".join(blocks[0] if c == 0 else blocks[max(1, round(c / top * 8))] for c in counts)
 
 
-def check_config(cfg: GenerateConfig) -> None:
-    """Fail before any simulation if a task is unknown (the message lists the valid ones; qualities are
-    checked when the `GenerateConfig` is made)."""
+def check_config(cfg: GenerateConfig, free_bytes: int | None = None) -> None:
+    """Fail before any simulation if a task is unknown (the message lists the valid ones) or, given the free
+    space where the episodes go, if they cannot fit (qualities are checked when the `GenerateConfig` is made)."""
     for task in cfg.tasks:
         get_task(task)
+    if free_bytes is not None:
+        need = estimated_bytes(cfg)
+        if need > free_bytes:
+            raise ValueError(f"generate: {total_episodes(cfg)} episodes of {cfg.episode_steps} steps need about "
+                             f"{need / 2**30:.1f} GiB and only {free_bytes / 2**30:.1f} GiB are free where they go; "
+                             "lower generate.episodes_per_policy / quality_episodes or free space")
+
+
+def total_episodes(cfg: GenerateConfig) -> int:
+    return len(cfg.tasks) * sum(cfg.episodes(q) for q in cfg.qualities)
+
+
+def estimated_bytes(cfg: GenerateConfig) -> int:
+    """An upper estimate of the stored size: float32 states, actions, rewards, discounts (+ uint8 frames)."""
+    total = 0
+    for task in cfg.tasks:
+        proprio, action = task_layout(task)
+        per_step = 4 * (proprio + action + 2) + (3 * cfg.image_size**2 if cfg.vision else 0)
+        total += per_step * (cfg.episode_steps + 1) * sum(cfg.episodes(q) for q in cfg.qualities)
+    return total
+
+
+def _run(cfg: GenerateConfig, task: str, quality: str) -> list[Episode]:
+    """Every episode of one (task, quality): the unit a worker process simulates."""
+    plan = TaskPlan(get_task(task), vision=cfg.vision, image_size=cfg.image_size)
+    rollout_cfg = EvalConfig(episodes=cfg.episodes(quality), num_envs=1, episode_steps=cfg.episode_steps,
+                             seed=cfg.seed, video=False)
+    versions = {"mujoco": mujoco.__version__, "dm_control": metadata.version("dm-control")}
+    # ScriptedSource builds a fresh policy per episode (experts keep per-episode state).
+    factory = functools.partial(make_policy, quality=quality, expert_prob=cfg.noisy_expert_prob,
+                                noise_std=cfg.noisy_action_std, damped_scale=cfg.damped_scale,
+                                damped_noise_std=cfg.damped_noise_std, damped_expert_prob=cfg.damped_expert_prob)
+    policy_name = factory(plan.spec).name
+    rollouts = iter_rollout(ScriptedSource(factory, name=policy_name), plan, rollout_cfg,
+                            stream=seed_stream(quality), record=True, videos=0, progress=False)
+    out = []
+    for result, episode in rollouts:
+        if episode is None:  # record=True always builds it
+            raise RuntimeError("the rollout did not record the episode")
+        provenance = {
+            "source": "generate", "generator_version": GENERATOR_VERSION, "pac_version": __version__,
+            "task": task, "quality": quality, "policy": policy_name, "seed": str(result.seed),
+            "base_seed": str(cfg.seed), "index": str(result.index),
+            "episode_steps": str(cfg.episode_steps), "vision": str(cfg.vision), **versions}
+        if quality == "noisy":
+            provenance["noisy_expert_prob"] = str(cfg.noisy_expert_prob)
+            provenance["noisy_action_std"] = str(cfg.noisy_action_std)
+        if quality == "damped":
+            provenance["damped_scale"] = str(cfg.damped_scale)
+            provenance["damped_noise_std"] = str(cfg.damped_noise_std)
+            provenance["damped_expert_prob"] = str(cfg.damped_expert_prob)
+        out.append(dataclasses.replace(episode, quality=quality, policy=policy_name, provenance=provenance,
+                                       episode_id=f"generate/{task}/{quality}/{result.index:05d}"))
+    return out
 
 
 def generate_episodes(cfg: GenerateConfig, *, stats: ReturnStats | None = None,
                       progress: bool = True) -> Iterator[Episode]:
-    """Yield `cfg.episodes_per_policy` episodes per task and quality, lazily (ingestion streams them).
+    """Yield `cfg.episodes(quality)` episodes per task and quality, in (task, quality, index) order.
+
+    The (task, quality) runs are simulated by `generate.workers` processes side by side (episodes are
+    seeded individually, so the result does not depend on the number of workers) and yielded in order
+    as they complete, so ingestion streams them.
 
     Args:
-        cfg: tasks, qualities, counts, time limit, vision, seed and the noisy policy's parameters.
+        cfg: tasks, qualities, counts, time limit, vision, seed and the behaviour policies' parameters.
         stats: if given, every yielded episode is recorded in it (for the summary table).
         progress: show a tqdm bar over episodes (on stderr).
 
@@ -105,45 +166,33 @@ def generate_episodes(cfg: GenerateConfig, *, stats: ReturnStats | None = None,
         RenderingUnavailable: `cfg.vision` on a machine that cannot render.
     """
     check_config(cfg)
-    rollout_cfg = EvalConfig(episodes=cfg.episodes_per_policy, num_envs=1, episode_steps=cfg.episode_steps,
-                             seed=cfg.seed, video=False)
-    versions = {"mujoco": mujoco.__version__, "dm_control": metadata.version("dm-control")}
-    total = len(cfg.tasks) * len(cfg.qualities) * cfg.episodes_per_policy
-    bar = tqdm(total=total, desc="generate", unit="ep", disable=not progress)
+    units = [(task, quality) for task in cfg.tasks for quality in cfg.qualities]
+    workers = min(cfg.workers or os.cpu_count() or 1, len(units))
+    bar = tqdm(total=total_episodes(cfg), desc="generate", unit="ep", disable=not progress)
     try:
-        for task in cfg.tasks:
-            plan = TaskPlan(get_task(task), vision=cfg.vision, image_size=cfg.image_size)
-            for quality in cfg.qualities:
-                # ScriptedSource builds a fresh policy per episode (experts keep per-episode state).
-                factory = functools.partial(make_policy, quality=quality, expert_prob=cfg.noisy_expert_prob,
-                                            noise_std=cfg.noisy_action_std, damped_scale=cfg.damped_scale,
-                                            damped_noise_std=cfg.damped_noise_std,
-                                            damped_expert_prob=cfg.damped_expert_prob)
-                policy_name = factory(plan.spec).name
-                bar.set_postfix_str(f"{task} {quality}")
-                rollouts = iter_rollout(ScriptedSource(factory, name=policy_name), plan, rollout_cfg,
-                                        stream=seed_stream(quality), record=True, videos=0, progress=False)
-                for result, episode in rollouts:
-                    if episode is None:  # record=True always builds it
-                        raise RuntimeError("the rollout did not record the episode")
-                    provenance = {
-                        "source": "generate", "generator_version": GENERATOR_VERSION, "pac_version": __version__,
-                        "task": task, "quality": quality, "policy": policy_name, "seed": str(result.seed),
-                        "base_seed": str(cfg.seed), "index": str(result.index),
-                        "episode_steps": str(cfg.episode_steps), "vision": str(cfg.vision), **versions}
-                    if quality == "noisy":
-                        provenance["noisy_expert_prob"] = str(cfg.noisy_expert_prob)
-                        provenance["noisy_action_std"] = str(cfg.noisy_action_std)
-                    if quality == "damped":
-                        provenance["damped_scale"] = str(cfg.damped_scale)
-                        provenance["damped_noise_std"] = str(cfg.damped_noise_std)
-                        provenance["damped_expert_prob"] = str(cfg.damped_expert_prob)
-                    episode = dataclasses.replace(episode, quality=quality, policy=policy_name,
-                                                  provenance=provenance,
-                                                  episode_id=f"generate/{task}/{quality}/{result.index:05d}")
-                    if stats is not None:
-                        stats.add(episode)
-                    bar.update(1)
-                    yield episode
+        if workers == 1:
+            runs: Iterator[list[Episode]] = (_run(cfg, task, quality) for task, quality in units)
+            for episodes in runs:
+                yield from _emit(episodes, stats, bar)
+            return
+        # spawn: a forked MuJoCo/OpenMP runtime is not safe to reuse; workers are not daemons, so the
+        # rollout may start processes of its own.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_run, cfg, task, quality) for task, quality in units]
+            try:
+                for future in futures:
+                    yield from _emit(future.result(), stats, bar)
+            finally:
+                for future in futures:
+                    future.cancel()
     finally:
         bar.close()
+
+
+def _emit(episodes: list[Episode], stats: ReturnStats | None, bar: tqdm) -> Iterator[Episode]:
+    for episode in episodes:
+        if stats is not None:
+            stats.add(episode)
+        bar.set_postfix_str(f"{episode.task} {episode.quality}")
+        bar.update(1)
+        yield episode

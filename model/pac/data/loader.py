@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,10 +38,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pac.config import Config, DataConfig, StorageConfig
+from pac.config import Config, DataConfig, ProprioStats, StorageConfig
 from pac.data.dataset import Dataset, DatasetError, default_cache_dir, open_dataset
 from pac.data.shards import Shard
-from pac.inputs import Observation, Transition, normalize_action, tokenize
+from pac.inputs import Observation, Transition, normalize_action, normalize_proprio, tokenize
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class TransitionLoader:
 
     def __init__(self, dataset: str | Dataset, *, storage: StorageConfig, data: DataConfig | None = None,
                  batch_size: int, n_step: int, discount: float, max_text_tokens: int, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, proprio_stats: Mapping[str, ProprioStats] | None = None) -> None:
         """Open the dataset and index this rank's part of it (no shard is read until sampled).
 
         Args:
@@ -109,6 +109,8 @@ class TransitionLoader:
             seed: base seed; batch `step` of rank `rank` depends only on (seed, rank, step).
             rank: this process's rank in [0, world_size).
             world_size: number of data-parallel ranks.
+            proprio_stats: task -> statistics that standardise its states (`pac.inputs.normalize_proprio`),
+                for every selected task; None or empty: raw states.
 
         Raises:
             DatasetError: unknown tasks/weights, or this rank would get no data.
@@ -123,6 +125,7 @@ class TransitionLoader:
         self.batch_size, self.n_step, self.discount = batch_size, n_step, float(discount)
         self.max_text_tokens, self.seed, self.rank, self.world_size = max_text_tokens, seed, rank, world_size
         self.step = 0
+        self.proprio_stats = dict(proprio_stats or {})
         self.cache_dir = default_cache_dir(self.data, storage)
         self._open: OrderedDict[int, Shard] = OrderedDict()
 
@@ -141,6 +144,10 @@ class TransitionLoader:
             weights = {t: float(self.data.task_weights[t]) for t in selected}
         else:
             weights = {t: float(stats[t].transitions) for t in selected}
+        unnormalised = [t for t in selected if self.proprio_stats and t not in self.proprio_stats]
+        if unnormalised:  # one raw task among standardised ones would train on the wrong scale, silently
+            raise DatasetError(f"no state statistics for task(s) {', '.join(unnormalised)} of {self.dataset.uri} "
+                               f"(given for {', '.join(sorted(self.proprio_stats))})")
 
         index: dict[str, _TaskIndex] = {}
         for task in selected:
@@ -232,8 +239,9 @@ class TransitionLoader:
 
             obs_row = sh.obs_offsets[e] + t
             width = sh["proprio"].shape[1]
-            proprio[pos, :width] = sh["proprio"][obs_row]
-            next_proprio[pos, :width] = sh["proprio"][obs_row + steps]
+            stats = self.proprio_stats.get(self.dataset.manifest.shards[s].task)
+            proprio[pos, :width] = normalize_proprio(sh["proprio"][obs_row], stats)
+            next_proprio[pos, :width] = normalize_proprio(sh["proprio"][obs_row + steps], stats)
             proprio_mask[pos, :width] = True
             low, high = sh["action_low"][e], sh["action_high"][e]
             raw = sh["actions"][first]
@@ -347,7 +355,8 @@ def build_loader(cfg: Config, *, rank: int = 0, world_size: int = 1, batch_size:
     loader = TransitionLoader(cfg.data.dataset, storage=cfg.storage, data=cfg.data,
                               batch_size=batch_size or cfg.train.micro_batch_size, n_step=cfg.objective.n_step,
                               discount=cfg.objective.discount, max_text_tokens=cfg.model.max_text_tokens,
-                              seed=cfg.seed, rank=rank, world_size=world_size)
+                              seed=cfg.seed, rank=rank, world_size=world_size,
+                              proprio_stats=cfg.model.proprio_stats if cfg.model.proprio_norm == "task" else None)
     # Fail before the first step, not inside the network, when the data does not fit the model.
     m = cfg.model
     problems = []

@@ -7,11 +7,14 @@ dataset's own batch i is a pure function of i, so the mixture is too: exact resu
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
-from pac.config import Config
+from pac.config import Config, ProprioStats
+from pac.data.dataset import read_manifest
 from pac.data.loader import TransitionLoader, build_loader
 from pac.inputs import Transition
 
@@ -52,3 +55,21 @@ def build_source(cfg: Config, *, rank: int = 0, world_size: int = 1) -> Transiti
         loaders.append(build_loader(other, rank=rank, world_size=world_size))
         weights.append(weight)
     return MixtureSource(loaders, weights, cfg.seed)
+
+
+def with_proprio_stats(cfg: Config, recorded: Mapping[str, ProprioStats]) -> Config:
+    """`cfg` with `model.proprio_stats` for every task it trains on (`model.proprio_norm` "task").
+
+    `recorded` (the checkpoint's or the source model's) wins: a resumed or finetuned network keeps the
+    normalisation it learned under. Tasks it lacks take their statistics from the manifests, `data.dataset`
+    first, then `data.mix_with` in order.
+    """
+    if cfg.model.proprio_norm != "task":
+        return cfg
+    stats: dict[str, ProprioStats] = {}
+    for uri in [cfg.data.dataset, *cfg.data.mix_with]:
+        for task, t in read_manifest(uri, cfg.storage).tasks.items():
+            stats.setdefault(task, ProprioStats(mean=list(t.proprio_mean), std=list(t.proprio_std)))
+    stats.update(recorded)
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, proprio_stats=stats))
+

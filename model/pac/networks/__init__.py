@@ -7,8 +7,11 @@ import torch
 from pac.config import ModelConfig
 from pac.networks.actor_critic import ActorCriticOutput, PerceiverActorCritic
 from pac.networks.distributions import (
+    action_targets,
     action_to_bins,
     bins_to_action,
+    cross_entropy,
+    decode_greedy,
     entropy,
     expected_value,
     log_prob,
@@ -19,10 +22,13 @@ from pac.networks.distributions import (
 __all__ = [
     "ActorCriticOutput",
     "PerceiverActorCritic",
+    "action_targets",
     "action_to_bins",
     "bins_to_action",
     "build_model",
     "count_parameters",
+    "cross_entropy",
+    "decode_greedy",
     "entropy",
     "expected_value",
     "log_prob",

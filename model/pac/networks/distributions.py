@@ -22,6 +22,63 @@ def bins_to_action(index: torch.Tensor, bins: int) -> torch.Tensor:
     return index.float() * (2.0 / (bins - 1)) - 1.0
 
 
+def action_targets(actions: torch.Tensor, bins: int, kind: str = "onehot", sigma: float = 0.75) -> torch.Tensor:
+    """Target distribution over the bins of each normalised action value: (...,) -> (..., bins).
+
+    * ``onehot``: all mass on the nearest bin (the plain categorical likelihood).
+    * ``twohot``: the mass split between the two bins around the value in proportion to closeness, so the
+      target's mean is the value itself.
+    * ``hlgauss``: a Gaussian of standard deviation `sigma` bin widths around the value, integrated over each
+      bin (Imani & White 2018; Farebrother et al. 2024): neighbouring bins share the credit.
+
+    Why: a continuous expert's action falls between bin centres and its neighbours are nearly as good; a
+    one-hot target teaches each bin separately and says nothing about distance.
+    """
+    x = (actions.float().clamp(-1, 1) + 1) * 0.5 * (bins - 1)  # (...,) in bin units
+    if kind == "onehot":
+        return F.one_hot(torch.round(x).long(), bins).float()
+    if kind == "twohot":
+        low = x.floor().clamp(max=bins - 2)
+        frac = (x - low).unsqueeze(-1)  # (..., 1)
+        low_hot = F.one_hot(low.long(), bins).float()
+        return low_hot * (1 - frac) + torch.roll(low_hot, 1, -1) * frac
+    if kind == "hlgauss":
+        edges = torch.arange(bins + 1, device=x.device, dtype=torch.float32) - 0.5  # (bins + 1,)
+        cdf = torch.special.ndtr((edges - x.unsqueeze(-1)) / sigma)  # (..., bins + 1)
+        mass = cdf[..., 1:] - cdf[..., :-1]
+        return mass / mass.sum(-1, keepdim=True)  # the tails beyond [-1, 1] go to the bins inside
+    raise ValueError(f"unknown action target {kind!r}; use onehot, twohot or hlgauss")
+
+
+def cross_entropy(policy_logits: torch.Tensor, targets: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+    """-sum_bins target * log pi per dimension, summed over valid dimensions: (B, A, bins) -> (B,)."""
+    logp = F.log_softmax(policy_logits.float(), dim=-1)
+    return (-(targets * logp).sum(-1) * action_mask).sum(-1)
+
+
+def decode_greedy(policy_logits: torch.Tensor, bins: int, rule: str = "argmax", k: int = 5) -> torch.Tensor:
+    """The deterministic action of the policy per dimension, normalised: (..., A, bins) -> (..., A).
+
+    * ``argmax``: the centre of the most likely bin.
+    * ``mean``: the mean of each dimension's bin distribution (a smooth estimate; a two-peaked distribution
+      lands between its peaks).
+    * ``topk``: the mean over the `k` bins around the most likely one (its neighbourhood), renormalised:
+      as smooth as the mean near the mode, blind to far-away mass.
+    """
+    centres = bins_to_action(torch.arange(bins, device=policy_logits.device), bins)  # (bins,)
+    if rule == "argmax":
+        return bins_to_action(policy_logits.argmax(-1), bins)
+    probs = F.softmax(policy_logits.float(), dim=-1)  # (..., A, bins)
+    if rule == "mean":
+        return (probs * centres).sum(-1)
+    if rule == "topk":
+        mode = policy_logits.argmax(-1, keepdim=True)  # (..., A, 1)
+        near = (torch.arange(bins, device=probs.device) - mode).abs() <= k // 2  # (..., A, bins)
+        w = probs * near
+        return (w * centres).sum(-1) / w.sum(-1).clamp_min(1e-12)
+    raise ValueError(f"unknown decoding rule {rule!r}; use argmax, mean or topk")
+
+
 def value_support(cfg: ModelConfig, device: torch.device | str | None = None) -> torch.Tensor:
     """The fixed atoms of the categorical Q distribution: (atoms,)."""
     return torch.linspace(cfg.value_min, cfg.value_max, cfg.value_atoms, device=device)

@@ -31,29 +31,50 @@ def fourier_features(x: torch.Tensor, bands: int) -> torch.Tensor:
 
 
 class ProprioEncoder(nn.Module):
-    """Every scalar of the state vector is one token: value embedding + learned per-dimension position.
+    """The state vector -> proprio tokens, in one of two ways (`model.proprio_encoder`).
 
-    With `model.proprio_fourier_bands` > 0 the value embedding also reads Fourier features of the value.
-    Embodiments with different state sizes share the model: shorter vectors are padded and masked.
+    * ``vector`` (default): the whole vector, padded to `max_proprio_dims` beside its mask, goes through an
+      MLP that emits `proprio_tokens` tokens (JAT's choice). Every output reads every coordinate through a
+      linear path, so a controller proportional to a small coordinate is one weight away.
+    * ``scalar``: every scalar is one token (value embedding + learned per-dimension position); the latents
+      must assemble the state through attention (docs/learner.md compares the two).
+
+    With `model.proprio_fourier_bands` > 0 each value also enters as Fourier features. Embodiments with
+    different state sizes share the model: shorter vectors are padded and masked.
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.max_dims = cfg.max_proprio_dims
         self.bands = cfg.proprio_fourier_bands
-        self.value = nn.Sequential(Linear(1 + 2 * self.bands, cfg.d_model, init="fan_in"), nn.GELU(),
-                                   Linear(cfg.d_model, cfg.d_model, init="fan_in"))
-        self.position = Embedding(cfg.max_proprio_dims, cfg.d_model)
+        self.vector = cfg.proprio_encoder == "vector"
+        features = 1 + 2 * self.bands
+        if self.vector:
+            self.tokens, self.d_model = cfg.proprio_tokens, cfg.d_model
+            hidden = 2 * cfg.d_model  # x mlp_ratio would add ~6% to the XL preset for one projection
+            self.value = nn.Sequential(Linear(cfg.max_proprio_dims * (features + 1), hidden, init="fan_in"),
+                                       nn.GELU(), Linear(hidden, cfg.proprio_tokens * cfg.d_model, init="fan_in"))
+            self.position = Embedding(cfg.proprio_tokens, cfg.d_model)
+        else:
+            self.value = nn.Sequential(Linear(features, cfg.d_model, init="fan_in"), nn.GELU(),
+                                       Linear(cfg.d_model, cfg.d_model, init="fan_in"))
+            self.position = Embedding(cfg.max_proprio_dims, cfg.d_model)
 
     def forward(self, proprio: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        p = proprio.shape[1]
+        b, p = proprio.shape
         if p > self.max_dims:
             raise ValueError(f"observation has {p} proprio dimensions; the model takes at most "
                              f"model.max_proprio_dims={self.max_dims}")
         dtype = self.value[0].weight.dtype
-        x = fourier_features(symlog(proprio.float()).unsqueeze(-1), self.bands).to(dtype)  # (B, P, 1 + 2*bands)
-        tokens = self.value(x) + self.position(_arange(p, proprio.device))  # (B, P, D)
-        return tokens, mask
+        x = fourier_features(symlog(proprio.float()).unsqueeze(-1), self.bands)  # (B, P, 1 + 2*bands)
+        if not self.vector:
+            return self.value(x.to(dtype)) + self.position(_arange(p, proprio.device)), mask  # (B, P, D)
+        m = mask.to(x.dtype)
+        x = torch.cat([x * m[..., None], m[..., None]], -1)  # (B, P, F + 1): zero features where absent
+        x = nn.functional.pad(x, (0, 0, 0, self.max_dims - p)).flatten(1)  # (B, max_dims * (F + 1))
+        tokens = self.value(x.to(dtype)).view(b, self.tokens, self.d_model)  # (B, T, D)
+        tokens = tokens + self.position(_arange(self.tokens, proprio.device))
+        return tokens, mask.any(1, keepdim=True).expand(b, self.tokens)
 
 
 class VisionEncoder(nn.Module):

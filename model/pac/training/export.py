@@ -9,7 +9,9 @@ Layout of an export directory:
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -17,6 +19,8 @@ from safetensors.torch import load_file, save_file
 
 from pac.config import Config, ConfigError
 from pac.networks import PerceiverActorCritic, build_model
+
+log = logging.getLogger(__name__)
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -48,7 +52,7 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tu
         if not p.is_file():
             raise ExportError(f"{p} does not exist: not a PAC export directory (expected {CONFIG} + {WEIGHTS})")
     try:
-        cfg = Config.from_dict(json.loads(cfg_path.read_text()))
+        cfg = Config.from_dict(upgrade_legacy(json.loads(cfg_path.read_text()), str(directory)))
     except (json.JSONDecodeError, ConfigError) as e:
         raise ExportError(f"{cfg_path} is not a valid PAC config: {e}") from e
     try:
@@ -58,6 +62,21 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tu
     net = build_model(cfg.model, device)
     load_state_dict_checked(net, state, str(w_path), cfg.preset)
     return net, cfg
+
+
+def upgrade_legacy(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """An export config written before state normalisation (issue 26), read as the network it describes.
+
+    Such a config names neither `model.proprio_encoder` nor `model.proprio_norm`; its network has the
+    per-scalar proprio encoder and was trained on raw states, so it is loaded that way (and says so) rather
+    than with today's defaults, which its weights do not fit.
+    """
+    model = data.get("model")
+    if not isinstance(model, dict) or "proprio_norm" in model:
+        return data
+    log.warning("%s predates state normalisation: it reads raw states through the per-scalar encoder, as it was "
+                "trained (retrain or finetune it to get per-task statistics)", source)
+    return {**data, "model": {**model, "proprio_encoder": "scalar", "proprio_norm": "none"}}
 
 
 def load_state_dict_checked(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str, preset: str) -> None:

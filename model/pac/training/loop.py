@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import torch
 
-from pac.config import Config
+from pac.config import Config, ProprioStats
 from pac.inputs import Transition
 from pac.networks import PerceiverActorCritic
 from pac.storage import open_store, resolve_uri
@@ -124,18 +124,26 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
     if world.is_main:
         run_store.check(write=True)
         tracker.check()
-    if source is None:
-        from pac.data.mixture import build_source
-
-        source = build_source(cfg, rank=world.rank, world_size=world.world_size)
     ckpts = CheckpointStore(run_store, world.rank, world.world_size)
     latest = ckpts.latest() if cfg.train.resume else None
     init_weights = None
-    if latest is None and cfg.train.init_from:  # a resumed finetune continues from its own checkpoint
+    recorded: dict[str, ProprioStats] = {}  # the state normalisation the network already learned under
+    if latest is not None:
+        recorded = {t: ProprioStats(**s) for t, s in ckpts.manifest(latest)["model"].get("proprio_stats", {}).items()}
+    elif cfg.train.init_from:  # a resumed finetune continues from its own checkpoint
         from pac.training.weights import load_weights
 
         init_weights, source_cfg = load_weights(cfg.train.init_from, cfg)
+        recorded = source_cfg.model.proprio_stats
         cfg = continue_temperature(cfg, source_cfg)
+    if source is None:
+        from pac.data.mixture import build_source, with_proprio_stats
+
+        cfg = with_proprio_stats(cfg, recorded)
+        source = build_source(cfg, rank=world.rank, world_size=world.world_size)
+    elif recorded:  # the caller's batches are its own business; the network keeps what it learned under
+        stats = {**cfg.model.proprio_stats, **recorded}
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, proprio_stats=stats))
     engine = DeepSpeedEngine(cfg, world, init_weights=init_weights,
                              resumed_precision=ckpts.manifest(latest).get("precision") if latest is not None else None)
     cfg = engine.cfg  # "auto" resolved: the log, MLflow and the manifest record the precision trained in
@@ -186,12 +194,14 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
                            tokens_per_s=cfg.train.global_batch_size * sample_tokens / dt,
                            mfu=flops_per_step / dt / peak)
             history.append(metrics)
-            if world.is_main:
-                tracker.log_metrics(metrics, step)
-                if step % cfg.train.log_every == 0 or step == cfg.train.steps or step == start + 1:
-                    rate = (step - n_last) / (time.perf_counter() - t_last)
-                    t_last, n_last = time.perf_counter(), step
-                    log.info(_log_line(step, cfg.train.steps, metrics, rate))
+            if world.is_main and (step % cfg.train.log_every == 0 or step == cfg.train.steps or step == start + 1):
+                # The interval's mean, once per `log_every` steps: a synchronous MLflow call per step cost more
+                # than a tiny preset's step, and the mean is a smoother curve than every step's sample.
+                interval = _mean(history[n_last - step:])
+                rate = (step - n_last) / (time.perf_counter() - t_last)
+                t_last, n_last = time.perf_counter(), step
+                tracker.log_metrics(interval, step)
+                log.info(_log_line(step, cfg.train.steps, interval, rate))
             if cfg.train.eval_every and step % cfg.train.eval_every == 0 and eval_hook is not None:
                 _evaluate(engine, eval_hook, step, tracker, world.is_main)
             if step % cfg.train.checkpoint_every == 0 or preemption.requested:
@@ -257,6 +267,11 @@ def _flops_per_step(cfg: Config, batch: Transition, gas: int) -> float:
         loss.backward()
 
     return float(count_flops(fwd_bwd) * gas)
+
+
+def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
+    keys = dict.fromkeys(k for r in rows for k in r)
+    return {k: sum(vals) / len(vals) for k in keys if (vals := [r[k] for r in rows if k in r])}
 
 
 def _log_line(step: int, total: int, m: dict[str, float], rate: float) -> str:

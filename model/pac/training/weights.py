@@ -63,9 +63,10 @@ def load_weights(uri: str, cfg: Config) -> tuple[dict[str, torch.Tensor], Config
     """The network state dict at `uri`, checked to fit `cfg.model` (a named mismatch otherwise), and the
     config it was trained with."""
     net, source_cfg = load_model(uri, cfg)
-    if source_cfg.model != cfg.model:
-        diff = [f.name for f in dataclasses.fields(cfg.model)
-                if getattr(cfg.model, f.name) != getattr(source_cfg.model, f.name)]
+    # The state statistics are the data's, not the architecture's: the finetune inherits the source's.
+    diff = [f.name for f in dataclasses.fields(cfg.model)
+            if f.name != "proprio_stats" and getattr(cfg.model, f.name) != getattr(source_cfg.model, f.name)]
+    if diff:
         raise ExportError(f"{uri} holds a model of preset {source_cfg.preset!r}; this run is preset {cfg.preset!r} "
                           f"(fields differ: {', '.join(diff)}). Use --preset {source_cfg.preset}")
     return net.state_dict(), source_cfg

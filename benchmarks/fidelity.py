@@ -1,0 +1,273 @@
+"""Imitation fidelity: does BC from our code (alpha 1, beta 0, the same network) reproduce its expert?
+
+One multi-task model is trained on the expert-only episodes of every task and evaluated closed loop on
+fixed-seed episodes, beside the expert itself and the uniform random policy on the SAME seeds:
+
+    fidelity = (R_policy - R_random) / (R_expert - R_random)      (1 = the expert's return, 0 = random)
+
+Agreement with the expert on its own states says little (79-96% of greedy actions in the expert's bin
+while every rollout failed, issue 26): only the closed-loop return counts.
+
+The data is generated once per content (tasks, episodes, length, seed) into `--cache` and reused by
+every later run (`pac.data.generate` is deterministic for a given config). `--set section.field=value`
+overrides the training config (repeatable), so each ablation is one command:
+
+    .venv/bin/python benchmarks/fidelity.py --output outputs/fidelity                      # the documented run
+    .venv/bin/python benchmarks/fidelity.py --output outputs/fid-scalar --set model.proprio_encoder=scalar
+    .venv/bin/python benchmarks/fidelity.py --output /tmp/f --tasks point_mass/easy --episodes 2 \\
+        --episode-steps 100 --steps 20 --eval-episodes 2                                  # plumbing smoke
+
+Writes `results.json` and `results.md` into `--output`; runtimes are in docs/learner.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TASKS = ("cartpole/balance", "point_mass/easy", "reacher/easy")
+log = logging.getLogger("fidelity")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", default="outputs/fidelity", help="output directory (runs, reports, tables)")
+    p.add_argument("--cache", default="outputs/benchmark-data", help="generated datasets, reused across runs")
+    p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task ids (each needs an expert)")
+    p.add_argument("--episodes", type=int, default=30, help="expert episodes per task")
+    p.add_argument("--episode-steps", type=int, default=1000, help="episode length (the suite's standard 1000)")
+    p.add_argument("--preset", default="tiny")
+    p.add_argument("--steps", type=int, default=3000, help="optimizer steps")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--eval-episodes", type=int, default=10, help="evaluation episodes per task")
+    p.add_argument("--eval-seed", type=int, default=1000, help="evaluation seed (the data's seeds are not reused)")
+    p.add_argument("--no-mlp", action="store_true", help="skip the plain 2x256 MLP floor")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="training config override (repeatable), e.g. model.proprio_encoder=scalar")
+    args = p.parse_args(argv)
+    for item in args.set:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            p.error(f"--set {item!r}: expected SECTION.FIELD=VALUE")
+    return args
+
+
+def expert_dataset(tasks: Sequence[str], episodes: int, steps: int, cache: Path) -> str:
+    """The expert-only dataset of these tasks, generated on first use and found by content hash after."""
+    from pac.config import Config, GenerateConfig, StorageConfig
+    from pac.data.dataset import open_dataset
+    from pac.workflow import generate_dataset
+
+    gen = GenerateConfig(tasks=list(tasks), qualities=["expert"], episodes_per_policy=episodes, episode_steps=steps)
+    digest = hashlib.sha256(json.dumps(dataclasses.asdict(gen), sort_keys=True).encode()).hexdigest()[:12]
+    storage = StorageConfig(root=str(cache))
+    name = f"expert-{digest}"
+    try:
+        open_dataset(name, storage)
+        log.info("data: %s (cached)", cache / name)
+    except (OSError, ValueError):
+        log.info("data: generating %d expert episodes x %d steps for %s", episodes, steps, ", ".join(tasks))
+        generate_dataset(Config(generate=gen, storage=storage), name)
+    return str(cache / name)
+
+
+def train_config(args: argparse.Namespace, dataset: str) -> Any:
+    from pac.config import Config, merge
+
+    overrides: dict[str, Any] = {}
+    for item in args.set:
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        overrides = merge(overrides, {section: {name: value}})
+    base = {"preset": args.preset, "seed": args.seed,
+            "objective": {"alpha": 1.0, "beta": 0.0},
+            "data": {"dataset": dataset},
+            "train": {"steps": args.steps, "global_batch_size": args.batch, "micro_batch_size": args.batch,
+                      "checkpoint_every": args.steps, "log_every": max(args.steps // 10, 1),
+                      "output": str(Path(args.output) / "run")},
+            "storage": {"root": str(Path(args.output))},
+            "tracking": {"enabled": False}}
+    return Config.from_dict(merge(base, overrides))
+
+
+def evaluate_all(export: str, floor: MlpFloor | None, tasks: Sequence[str],
+                 args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Policy, MLP floor, expert and random returns per task on the same seeded episodes."""
+    from pac.config import EvalConfig
+    from pac.envs.experts import make_expert
+    from pac.evaluation import NetworkPolicy, ScriptedSource, evaluate, load_policy_model
+
+    net, _ = load_policy_model(export)
+    cfg = EvalConfig(episodes=args.eval_episodes, num_envs=args.eval_episodes, episode_steps=args.episode_steps,
+                     seed=args.eval_seed, video=False)
+    policy = evaluate(NetworkPolicy(net, cfg), list(tasks), cfg, progress=False)
+    reference = evaluate(ScriptedSource(make_expert, name="expert"), list(tasks), cfg, progress=False)
+    mlp = evaluate(floor, list(tasks), cfg, progress=False) if floor is not None else None
+    out = {}
+    for task in tasks:
+        r_pol, r_exp = policy.tasks[task].return_mean, reference.tasks[task].return_mean
+        r_rand = policy.tasks[task].random_return_mean
+        span = max(r_exp - r_rand, 1e-9)
+        out[task] = {"policy": r_pol, "expert": r_exp, "random": r_rand, "fidelity": (r_pol - r_rand) / span,
+                     "policy_success": policy.tasks[task].success_rate,
+                     "expert_success": reference.tasks[task].success_rate}
+        if mlp is not None:
+            r_mlp = mlp.tasks[task].return_mean
+            out[task] |= {"mlp": r_mlp, "mlp_fidelity": (r_mlp - r_rand) / span}
+    return out
+
+
+class MlpFloor:
+    """The floor: a plain-torch 2x256 MLP with the same 101-bin categorical head, BC on the same batches.
+
+    Input: the padded, standardised state, its mask and a one-hot of the task's instruction (PAC reads the
+    instruction as text). Same loader, steps, batch and learning rate as the PAC run, so only the network differs.
+    """
+
+    def __init__(self, cfg: Any, instructions: Sequence[str]) -> None:
+        import torch
+        from torch import nn
+
+        self.cfg, self.instructions = cfg, list(instructions)
+        m = cfg.model
+        inputs = 2 * m.max_proprio_dims + len(self.instructions)
+        self.net = nn.Sequential(nn.Linear(inputs, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                                 nn.Linear(256, m.max_action_dims * m.action_bins))
+        self.name = "mlp-2x256"
+        torch.manual_seed(cfg.seed)
+
+    def features(self, proprio: Any, mask: Any, task_index: Any) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        pad = self.cfg.model.max_proprio_dims - proprio.shape[1]
+        x = F.pad(proprio * mask, (0, pad))
+        onehot = F.one_hot(task_index, len(self.instructions)).float()
+        return torch.cat([x, F.pad(mask.float(), (0, pad)), onehot], -1)
+
+    def logits(self, x: Any) -> Any:
+        m = self.cfg.model
+        return self.net(x).view(-1, m.max_action_dims, m.action_bins)  # (B, A, bins)
+
+    def fit(self, steps: int) -> float:
+        import torch
+        import torch.nn.functional as F
+        from pac.data.loader import build_loader
+        from pac.inputs import tokenize
+        from pac.networks import action_to_bins
+
+        ids, _ = tokenize(self.instructions, self.cfg.model.max_text_tokens)
+        rows = {tuple(r): i for i, r in enumerate(ids.tolist())}
+        loader = build_loader(self.cfg, batch_size=self.cfg.train.global_batch_size)
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.train.lr, weight_decay=0.0)
+        t0 = time.perf_counter()
+        for step in range(steps):
+            batch = loader.batch(step)
+            task = torch.tensor([rows[tuple(r)] for r in batch.obs.text.tolist()])
+            logits = self.logits(self.features(batch.obs.proprio, batch.obs.proprio_mask, task))
+            a = batch.action.shape[1]
+            target = action_to_bins(batch.action, self.cfg.model.action_bins)  # (B, A)
+            nll = F.cross_entropy(logits[:, :a].flatten(0, 1), target.flatten(), reduction="none")
+            loss = (nll * batch.action_mask.flatten()).sum() / batch.action_mask.sum()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if step % max(steps // 10, 1) == 0:
+                log.info("mlp floor: step %d/%d loss %.3f", step, steps, loss.item())
+        return time.perf_counter() - t0
+
+    # pac.evaluation.ActionSource
+    def start(self, slot: int, env: Any, seed: int) -> None:
+        pass
+
+    def act(self, slots: Sequence[int], envs: Sequence[Any], obs: Sequence[Any]) -> Any:
+        import torch
+        from pac.inputs import denormalize_action, normalize_proprio, pad_rows, task_stats
+        from pac.networks import bins_to_action
+
+        proprio = [normalize_proprio(o["proprio"], task_stats(self.cfg.model, e.spec.id)) for o, e in zip(obs, envs)]
+        p, pm = pad_rows(proprio)
+        task = torch.tensor([self.instructions.index(e.instruction) for e in envs])
+        with torch.no_grad():
+            logits = self.logits(self.features(torch.from_numpy(p), torch.from_numpy(pm), task))
+        a = envs[0].action_dim
+        actions = bins_to_action(logits[:, :a].argmax(-1), self.cfg.model.action_bins).numpy()
+        return np.stack([denormalize_action(x, e.action_low, e.action_high) for x, e in zip(actions, envs)])
+
+
+def markdown(result: dict[str, Any]) -> str:
+    mlp = "mlp_fidelity" in next(iter(result["tasks"].values()))
+    lines = [f"BC fidelity: preset {result['preset']}, {result['steps']} steps x batch {result['batch']}, "
+             f"{result['episodes']} expert episodes x {result['episode_steps']} steps per task, "
+             f"{result['eval_episodes']} evaluation episodes per task (seed {result['eval_seed']}); overrides: "
+             f"{', '.join(result['overrides']) or 'none'}; train {result['train_s']:.0f} s",
+             "",
+             "| task | random | expert | BC (PAC net) | fidelity |" + (" MLP floor | MLP fidelity |" if mlp else ""),
+             "|---|---:|---:|---:|---:|" + ("---:|---:|" if mlp else "")]
+    for task, r in result["tasks"].items():
+        row = f"| {task} | {r['random']:.1f} | {r['expert']:.1f} | {r['policy']:.1f} | {r['fidelity']:.2f} |"
+        lines.append(row + (f" {r['mlp']:.1f} | {r['mlp_fidelity']:.2f} |" if mlp else ""))
+    mean = f"| **mean** | | | | **{result['fidelity_mean']:.2f}** |"
+    lines.append(mean + (f" | **{result['mlp_fidelity_mean']:.2f}** |" if mlp else ""))
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from pac.envs.registry import UnknownTaskError
+    from pac.evaluation import resolve_tasks
+    from pac.training.loop import train
+
+    tasks = [t for t in args.tasks.split(",") if t]
+    try:
+        resolve_tasks(tasks)  # every unknown id in one error, before anything is generated
+    except UnknownTaskError as e:
+        print(f"fidelity: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = expert_dataset(tasks, args.episodes, args.episode_steps, Path(args.cache).resolve())
+    cfg = train_config(args, dataset)
+    t0 = time.perf_counter()
+    trained = train(cfg)
+    train_s = time.perf_counter() - t0
+    floor = None
+    if not args.no_mlp:
+        from pac.data.dataset import read_manifest
+        from pac.training.export import load_export
+
+        _, trained_cfg = load_export(trained.export_uri)  # the statistics the PAC run standardised with
+        manifest = read_manifest(dataset, trained_cfg.storage)
+        floor = MlpFloor(trained_cfg, [manifest.tasks[t].instruction for t in tasks])
+        floor.fit(args.steps)
+    per_task = evaluate_all(trained.export_uri, floor, tasks, args)
+    result = {"preset": args.preset, "steps": args.steps, "batch": args.batch, "seed": args.seed,
+              "episodes": args.episodes, "episode_steps": args.episode_steps, "eval_episodes": args.eval_episodes,
+              "eval_seed": args.eval_seed,
+              "overrides": args.set, "train_s": train_s, "tasks": per_task,
+              "fidelity_mean": float(np.mean([r["fidelity"] for r in per_task.values()]))}
+    if floor is not None:
+        result["mlp_fidelity_mean"] = float(np.mean([r["mlp_fidelity"] for r in per_task.values()]))
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    text = markdown(result)
+    (out / "results.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

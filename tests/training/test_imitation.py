@@ -1,0 +1,104 @@
+"""BC reproduces its expert in closed loop, and the model carries its state normalisation (issue 26).
+
+The point mass is the case that exposed the learner: its LQR expert pushes in proportion to a small
+position error, and a policy that reads the state badly stands still at its start (return 0) while
+agreeing with the expert on most of the expert's own states. Only the closed-loop return on fresh seeds
+is asserted; benchmarks/fidelity.py measures the same at benchmark scale.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pac.config import Config, EvalConfig, GenerateConfig, StorageConfig
+from pac.envs import make_env
+from pac.envs.experts import make_expert
+from pac.evaluation import NetworkPolicy, ScriptedSource, evaluate, load_policy_model
+from pac.tracking import PolicyInput, greedy_actions
+from pac.training.export import CONFIG, load_export, save_export
+from pac.training.loop import train
+from pac.workflow import generate_dataset
+
+TASK = "point_mass/easy"
+STEPS = 200  # episode length: the expert reaches the target in ~60 steps and holds it
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """BC on 20 expert episodes; the dataset is deleted afterwards, so every use relies on the export alone."""
+    root = tmp_path_factory.mktemp("imitation")
+    gen = GenerateConfig(tasks=[TASK], qualities=["expert"], episodes_per_policy=20, episode_steps=STEPS)
+    generate_dataset(Config(generate=gen, storage=StorageConfig(root=str(root / "store"))), "expert", progress=False)
+    cfg = Config.from_dict({
+        "objective": {"alpha": 1.0, "beta": 0.0},
+        "data": {"dataset": "expert"},
+        # The loop's fidelity settings measured in docs/learner.md (fp32, constant lr 1e-3, no clipping).
+        "train": {"steps": 1000, "global_batch_size": 128, "micro_batch_size": 128, "log_every": 200,
+                  "checkpoint_every": 1000, "output": str(root / "run"), "precision": "fp32", "lr": 1e-3,
+                  "lr_schedule": "constant", "grad_clip": 0.0},
+        "storage": {"root": str(root / "store")},
+        "tracking": {"enabled": False},
+    })
+    uri = train(cfg).export_uri
+    shutil.rmtree(root / "store")
+    return uri
+
+
+def test_bc_reaches_the_point_mass_expert_on_fresh_seeds(export: str) -> None:
+    net, _ = load_policy_model(export)
+    ecfg = EvalConfig(episodes=4, num_envs=4, episode_steps=STEPS, seed=777, video=False)  # not the data's seeds
+
+    policy = evaluate(NetworkPolicy(net, ecfg), [TASK], ecfg, progress=False).tasks[TASK]
+    expert = evaluate(ScriptedSource(make_expert, name="expert"), [TASK], ecfg, progress=False).tasks[TASK]
+
+    fidelity = (policy.return_mean - policy.random_return_mean) / (expert.return_mean - policy.random_return_mean)
+    assert expert.success_rate == 1.0, "the expert itself must solve the task for the comparison to mean anything"
+    assert fidelity >= 0.7, (policy.return_mean, expert.return_mean, policy.random_return_mean)
+
+
+def test_the_served_policy_applies_the_statistics_the_export_carries(export: str) -> None:
+    net, cfg = load_export(export)
+    stats = cfg.model.proprio_stats[TASK]
+    assert len(stats.mean) == 4 and max(stats.std) > 0  # point mass: position (2) + velocity (2)
+    env = make_env(TASK, seed=5, episode_steps=STEPS)
+    states = [env.reset(seed=s)["proprio"] for s in range(6)]
+    env.close()
+
+    rows = [PolicyInput(proprio=s.tolist(), task=TASK, action_dims=2) for s in states]
+    served = np.array(greedy_actions(net, cfg, rows))
+    ecfg = EvalConfig(episodes=1, num_envs=1, episode_steps=1, video=False)
+    policy = NetworkPolicy(net, ecfg)
+    envs = [make_env(TASK, seed=slot, episode_steps=1) for slot in range(6)]
+    for slot, e in enumerate(envs):
+        e.reset(seed=slot)
+        policy.start(slot, e, seed=slot)
+    rolled = policy.act(range(6), envs, [{"proprio": s, "image": None} for s in states])
+    for e in envs:
+        e.close()
+    np.testing.assert_allclose(served, rolled, atol=1e-6)  # serving and evaluation agree, state for state
+
+    with pytest.raises(ValueError, match="give each observation's `task`"):
+        greedy_actions(net, cfg, [PolicyInput(proprio=states[0].tolist(), action_dims=2)])
+    with pytest.raises(ValueError, match="no statistics for 'reacher/easy'"):
+        greedy_actions(net, cfg, [PolicyInput(proprio=states[0].tolist(), task="reacher/easy", action_dims=2)])
+
+
+def test_an_export_from_before_normalisation_loads_as_the_raw_state_network_it_is(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from pac.networks import build_model
+
+    old = Config.from_dict({"model": {"proprio_encoder": "scalar", "proprio_norm": "none"}})
+    save_export(build_model(old.model).state_dict(), old, tmp_path)
+    data = json.loads((tmp_path / CONFIG).read_text())
+    for key in ("proprio_encoder", "proprio_norm", "proprio_tokens", "proprio_stats"):
+        del data["model"][key]  # what a config.json written before issue 26 holds
+    (tmp_path / CONFIG).write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        _, cfg = load_export(tmp_path)
+    assert (cfg.model.proprio_encoder, cfg.model.proprio_norm) == ("scalar", "none")
+    assert "predates state normalisation" in caplog.text
