@@ -465,6 +465,35 @@ def parse_overrides(text: str) -> dict[str, Any]:
     return data
 
 
+def pipeline_overrides(*, preset: str, tasks: str, train_steps: int, alpha: float, zero_stage: int, nodes: int,
+                       gpus_per_node: int, overrides: str) -> str:
+    """The pipeline's parameters merged into its JSON overrides, validated by the typed config; returns JSON.
+
+    A field set both by a parameter (changed from its default) and in `overrides` to another value is an
+    error: neither silently wins.
+
+    Raises:
+        ConfigError: naming the field that is invalid or given twice.
+    """
+    data = parse_overrides(overrides)
+    defaults = Config()
+    params = {("preset",): preset, ("generate", "tasks"): [t for t in tasks.split(",") if t],
+              ("train", "steps"): train_steps, ("objective", "alpha"): alpha, ("train", "zero_stage"): zero_stage,
+              ("cluster", "nodes"): nodes, ("cluster", "gpus_per_node"): gpus_per_node}
+    for path, value in params.items():
+        section = data if len(path) == 1 else data.setdefault(path[0], {})
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path[0]}: expected a mapping of fields in the overrides, got {section!r}")
+        default = getattr(defaults, path[0]) if len(path) == 1 else getattr(getattr(defaults, path[0]), path[1])
+        name = ".".join(path)
+        if path[-1] in section and section[path[-1]] != value and value != default:
+            raise ConfigError(f"{name} is given twice: {value!r} as a pipeline parameter and "
+                              f"{section[path[-1]]!r} in the overrides")
+        section.setdefault(path[-1], value)
+    Config.from_dict(data)  # every field validated, the message naming it
+    return json.dumps(data, sort_keys=True)
+
+
 # Mapping-valued fields: values, not config sections (they replace rather than merge, and stay whole when flattened).
 _LEAF_MAPPINGS = ("task_weights", "mix_with", "proprio_stats", "quality_episodes")
 

@@ -810,6 +810,29 @@ def write_outputs(report: EvalReport, rollouts: Mapping[str, TaskRollout], outpu
 _BASELINES: dict[tuple[str, int, int, int], list[float]] = {}
 
 
+def html_report(output_dir: str | Path) -> str:
+    """One self-contained HTML page of an evaluation directory (`write_outputs`): the table and the plot
+    embedded, for viewers that show a single file (the Kubeflow UI's HTML artifact)."""
+    import base64
+    import html
+
+    out = Path(output_dir)
+    report = EvalReport.load(out / "report.json")
+    plot = ""
+    if (out / "scores.png").is_file():
+        data = base64.b64encode((out / "scores.png").read_bytes()).decode()
+        plot = f'<img alt="normalised score per task" src="data:image/png;base64,{data}">'
+    rows = "".join(
+        f"<tr><td>{html.escape(t)}</td><td>{r.episodes}</td><td>{r.return_mean:.1f}</td>"
+        f"<td>{r.normalized_score:.3f}</td><td>{'n/a' if r.success_rate is None else f'{r.success_rate:.0%}'}</td></tr>"
+        for t, r in report.tasks.items())
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>PAC evaluation</title></head><body>"
+            f"<h1>Evaluation of {html.escape(report.policy)}</h1>"
+            f"<p>mean normalised score <b>{report.mean_normalized_score:.3f}</b></p>"
+            f"<table border='1' cellpadding='4'><tr><th>task</th><th>episodes</th><th>return</th>"
+            f"<th>normalised</th><th>success</th></tr>{rows}</table>{plot}</body></html>")
+
+
 def random_baseline(task: str, cfg: EvalConfig, progress: bool = True) -> list[float]:
     """Returns of the uniform random policy on the evaluation's seeded episodes of `task` (memoised:
     the periodic training-time evaluation pays for it once)."""

@@ -572,7 +572,8 @@ def load_policy(uri: str, tracking: TrackingConfig | None = None) -> tuple[Perce
         registry_uri = os.environ.get("MLFLOW_REGISTRY_URI") or tracking_uri
         with tempfile.TemporaryDirectory(prefix="pac-policy-") as tmp:
             try:
-                local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp,
+                source = _artifact_location(uri, MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri))
+                local = mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=tmp,
                                                             tracking_uri=tracking_uri, registry_uri=registry_uri)
             except MlflowException as e:
                 raise TrackingError(f"cannot fetch {uri} from MLflow tracking URI {redact_uri(tracking_uri)}: "
@@ -581,6 +582,30 @@ def load_policy(uri: str, tracking: TrackingConfig | None = None) -> tuple[Perce
             net, cfg = _load_local(Path(local), uri)
     net.eval()
     return net, cfg
+
+
+def _artifact_location(uri: str, client: MlflowClient) -> str:
+    """A `models:/` URI as the artifact location of the logged model it names; other URIs unchanged.
+
+    MLflow resolves `models:/NAME@alias` through the process-wide registry URI whatever registry it is given
+    (`ModelsArtifactRepository._get_model_uri_infos`), so the registry is asked here, with `client`.
+    """
+    if not uri.startswith("models:/"):
+        return uri
+    ref, _, path = uri.removeprefix("models:/").strip("/").partition("/")
+    version = None
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        version = client.get_model_version_by_alias(name, alias)
+    elif path and path.split("/", 1)[0].isdigit():
+        number, _, path = path.partition("/")
+        version = client.get_model_version(ref, number)
+    if version is not None:  # a registry version: its source is the logged model (or a plain artifact URI)
+        if not version.source.startswith("models:/"):
+            return f"{version.source.rstrip('/')}/{path}" if path else version.source
+        ref = version.source.removeprefix("models:/").strip("/")
+    location = client.get_logged_model(ref).artifact_location.rstrip("/")
+    return f"{location}/{path}" if path else location
 
 
 def _load_local(path: Path, uri: str) -> tuple[PerceiverActorCritic, Config]:
