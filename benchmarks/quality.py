@@ -63,10 +63,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", default="tiny", help="model size preset (same for every method)")
     p.add_argument("--steps", type=int, default=3000, help="training steps per method")
     p.add_argument("--batch-size", type=int, default=64, help="global batch size per step")
-    p.add_argument("--lr", type=float, default=1e-3,
-                   help="peak learning rate (TrainConfig's 3e-4 learns too little in a few thousand steps)")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"),
-                   help="training precision (fp32 is faster than bf16 autocast on most CPUs)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: train.lr of pac.config)")
+    p.add_argument("--lr-schedule", default=None, choices=("constant", "cosine"),
+                   help="learning-rate schedule (default: train.lr_schedule; docs/quality.md used cosine)")
+    p.add_argument("--precision", default=None, choices=("fp32", "bf16"),
+                   help="training precision (default: train.precision of pac.config)")
     p.add_argument("--episode-steps", type=int, default=200, help="episode length for data and evaluation")
     p.add_argument("--random", type=int, default=16, help="uniform-random episodes per task")
     p.add_argument("--noisy", type=int, default=0, help="noisy-expert episodes per task")
@@ -264,9 +265,10 @@ def method_config(args: argparse.Namespace, method: str, seed: int, dataset: str
     elif args.pac_alpha is not None:
         base["alpha"] = args.pac_alpha
     train = {"steps": args.steps, "global_batch_size": args.batch_size, "micro_batch_size": args.batch_size,
-             "precision": args.precision, "output": str(root / "runs" / run_name(method, seed)),
-             "checkpoint_every": args.steps, "keep_checkpoints": 1, "log_every": args.log_every, "resume": False,
-             "lr": args.lr}
+             "output": str(root / "runs" / run_name(method, seed)),
+             "checkpoint_every": args.steps, "keep_checkpoints": 1, "log_every": args.log_every, "resume": False}
+    train |= {k: v for k, v in (("lr", args.lr), ("precision", args.precision), ("lr_schedule", args.lr_schedule))
+              if v is not None}
     cfg = Config.from_dict({
         "preset": args.preset, "seed": seed,
         "model": {**dataclasses.asdict(model_config(args.preset)), **key_values(args.model)},

@@ -239,14 +239,17 @@ class TrainConfig:
     steps: int = 200
     global_batch_size: int = 64
     micro_batch_size: int = 64  # per rank; accumulation = global / (micro * world_size)
-    lr: float = 3e-4
+    lr: float = 1e-3  # 3e-4 left BC at 0.02 of a point-mass expert after 1,000 steps, 1e-3 at 0.40 (docs/learner.md)
     weight_decay: float = 0.01
     warmup_steps: int = 20
-    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    # constant: BC reached 0.58 / 0.75 of a point-mass expert (seeds 1, 2; held-out episodes) where cosine decay
+    # reached 0.35 / 0.55 in the same 1,000 steps (docs/learner.md)
+    lr_schedule: Literal["cosine", "constant"] = "constant"
     grad_clip: float = 1.0
     zero_stage: int = 0
-    # auto: bf16 where the hardware computes it natively (CUDA, or a CPU with AMX / AVX512-BF16), else fp32 --
-    # without them bf16 is emulated and a step is several times slower (docs/benchmarks.md).
+    # auto: bf16 where the hardware computes it natively (CUDA, or a CPU with AMX / AVX512-BF16) and the model is
+    # at least 512 wide, else fp32 -- emulated bf16 is several times slower (docs/benchmarks.md), and for the tiny
+    # presets even native bf16 was slower than fp32 (docs/learner.md)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     activation_checkpointing: bool = False
     offload_optimizer: bool = False

@@ -530,6 +530,45 @@ class Tracker:
             return f"models:/{self.cfg.registered_model}@{alias}"
         return f"models:/{self.cfg.registered_model}/{version}"
 
+    def log_datasets(self, cfg: Config) -> None:
+        """Record the run's dataset versions (`data.dataset`, then `data.mix_with`) as MLflow dataset inputs, each
+        with its immutable versioned URI and the sha256 of its manifest, so the run page shows what it read."""
+        if not self.active:
+            return
+        import hashlib
+
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+
+        from pac.data.dataset import open_dataset
+
+        run_id = self._require_run("log_datasets")
+        for uri, context in [(cfg.data.dataset, "training"), *((u, "mixture") for u in cfg.data.mix_with)]:
+            ds = open_dataset(uri, cfg.storage)
+            digest = hashlib.sha256(ds.manifest.to_json().encode()).hexdigest()
+            source = resolve_dataset_source(scrub(ds.uri))
+            dataset = MetaDataset(source, name=f"{ds.manifest.name}@v{ds.ref.version:04d}", digest=digest[:16])
+            try:
+                self.client.log_inputs(run_id, [mlflow.entities.DatasetInput(
+                    dataset._to_mlflow_entity(), [mlflow.entities.InputTag("mlflow.data.context", context)])])
+            except MlflowException as e:
+                raise TrackingError(f"could not record dataset {ds.uri} at the {self._where()}: {e.message}") from e
+
+    def describe(self, cfg: Config, steps: int, final: Mapping[str, float]) -> None:
+        """The run's description (MLflow's note): what it trained, on what, and where its losses ended."""
+        if not self.active:
+            return
+        data = ", ".join([cfg.data.dataset, *cfg.data.mix_with]) or "batches supplied by the caller"
+        losses = ", ".join(f"{k} {v:.3f}" for k, v in final.items() if k in ("loss", "bc_nll", "q_loss", "eta"))
+        text = (f"{cfg.objective.method} (alpha {cfg.objective.alpha}, beta {cfg.objective.beta}), preset "
+                f"{cfg.preset}, {steps} steps x batch {cfg.train.global_batch_size}, trained on {data}. "
+                f"Last 10% of steps: {losses or 'no metrics'}. Evaluation: see the registered version or "
+                f"`pac evaluate --model runs:/{self._run_id}/{MODEL_NAME}`.")
+        try:
+            self.client.set_tag(self._require_run("describe"), "mlflow.note.content", scrub(text))
+        except MlflowException as e:
+            log.warning("could not write the run description: %s", e.message)
+
     def end(self, status: str = "FINISHED") -> None:
         """End the run with `status` (FINISHED, FAILED or KILLED); safe to call twice."""
         if not self.active or not self._running:

@@ -108,6 +108,10 @@ def test_the_local_pipeline_run_leaves_data_runs_reports_and_a_champion(
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert {r.info.run_name for r in runs} >= {"pretrain"}
     assert len([r for r in runs if r.data.tags.get("mlflow.parentRunId")]) >= 1  # the finetune is a child run
+    pretrain = next(r for r in runs if r.info.run_name == "pretrain")  # its page: datasets and a description
+    (used,) = pretrain.inputs.dataset_inputs
+    assert used.dataset.name == "behaviour@v0001" and len(used.dataset.digest) == 16
+    assert "trained on" in pretrain.data.tags["mlflow.note.content"]
     version = client.get_model_version_by_alias("pac-policy", "champion")
     assert version.tags["pac.decision"] == "promoted" and version.tags["pac.dataset"].endswith("behaviour@v0001")
     assert "cartpole/balance" in version.description

@@ -127,12 +127,14 @@ def test_auto_precision_resumes_in_the_checkpoints_precision_and_a_named_one_mus
     assert manifest["precision"] == "bf16"
 
 
-def test_auto_precision_is_bf16_exactly_where_the_hardware_computes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_auto_precision_is_bf16_where_the_hardware_has_it_and_the_model_is_wide(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for caps, expected in [({"amx_bf16": True}, "bf16"), ({"avx512_bf16": True, "avx2": True}, "bf16"),
                            ({"avx512_bf16": False, "avx2": True}, "fp32")]:
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=caps: caps)
         assert resolve_precision("auto") == expected
+        assert resolve_precision("auto", d_model=64) == "fp32"  # the tiny presets: fp32 is the faster path
         assert resolve_precision("auto", checkpoint="fp32") == "fp32"
         assert resolve_precision("bf16") == "bf16" and resolve_precision("fp32", checkpoint="bf16") == "fp32"
 

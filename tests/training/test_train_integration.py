@@ -11,7 +11,7 @@ import pytest
 import torch
 from pac.config import Config
 from pac.data.generate import generate_episodes
-from pac.inputs import Observation, normalize_action
+from pac.inputs import Observation, normalize_action, normalize_proprio, task_stats
 from pac.networks import action_to_bins, build_model, log_prob
 from pac.tracking import load_policy
 from pac.training.loop import train
@@ -23,8 +23,8 @@ def expert_log_likelihood(net: torch.nn.Module, cfg: Config) -> float:
     """Mean log pi(a|s) of fresh expert episodes (not in the training data: another seed)."""
     gen = dataclasses.replace(cfg.generate, qualities=["expert"], episodes_per_policy=1, seed=99)
     proprio, texts, actions = [], [], []
-    for ep in generate_episodes(gen, progress=False):
-        proprio += list(ep.proprio[:-1])
+    for ep in generate_episodes(gen, progress=False):  # states standardised as the network learned them
+        proprio += list(normalize_proprio(ep.proprio[:-1], task_stats(net.cfg, ep.task)))
         texts += [ep.instruction] * ep.length
         actions += list(normalize_action(ep.actions, ep.action_low, ep.action_high))
     obs = Observation.from_numpy(proprio, texts, cfg.model.max_text_tokens)

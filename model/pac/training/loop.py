@@ -164,6 +164,8 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
     run_id = tracker.start(cfg, run_name=run_name or Path(cfg.train.output).name, run_id=run_id,
                            parent_run_id=parent_run_id,
                            tags={"init_from": cfg.train.init_from} if cfg.train.init_from else None)
+    if cfg.data.dataset and world.is_main:  # batches from a dataset (not a caller's source): record which
+        tracker.log_datasets(cfg)
 
     sample_tokens = tokens_per_sample(source.batch(start * gas), cfg.model)
     with torch.random.fork_rng():  # measuring must not shift the training RNG stream (exact resume)
@@ -224,6 +226,7 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
                     run_store.put_file(f"{EXPORT}/{f.name}", f)
             run_store.put_file(f"{EXPORT}/config.json", Path(tmp) / "config.json")
             tracker.log_model(tmp)
+        tracker.describe(cfg, step, _mean(history[-max(len(history) // 10, 1):]) if history else {})
         tracker.end()
     elif world.is_main:
         tracker.end(status="KILLED")
