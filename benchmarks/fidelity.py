@@ -95,8 +95,8 @@ def train_config(args: argparse.Namespace, dataset: str) -> Any:
             "data": {"dataset": dataset},
             "train": {"steps": args.steps, "global_batch_size": args.batch, "micro_batch_size": args.batch,
                       "checkpoint_every": args.steps, "log_every": max(args.steps // 10, 1),
-                      "output": str(Path(args.output) / "run")},
-            "storage": {"root": str(Path(args.output))},
+                      "output": str(Path(args.output).resolve() / "run")},
+            "storage": {"root": str(Path(args.output).resolve())},
             "tracking": {"enabled": False}}
     return Config.from_dict(merge(base, overrides))
 

@@ -106,21 +106,17 @@ def collect(overrides: str, model: Input[Model], dataset: str, append: bool,
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def finetune(overrides: str, model: Input[Model], dataset: Input[Dataset], collected: Input[Dataset],
              output: str, out: Output[Model]) -> None:
-    """RL finetuning of the model on the original data mixed with the collected episodes."""
-    import json
+    """RL finetuning of the model on the original data mixed with the collected episodes (one round's config:
+    `pac.workflow.round_config`)."""
     import tempfile
     from pathlib import Path
 
-    from pac.components.runtime import parse_overrides, read_json, run_pac
-    from pac.config import merge
+    from pac.components.runtime import read_json, run_pac
+    from pac.workflow import round_overrides
 
-    mix = {"data": {"dataset": dataset.metadata["uri"], "mix_with": {collected.metadata["uri"]: 1.0}}}
-    data = merge(mix, parse_overrides(overrides))  # an explicit data.mix_with weight in the overrides wins
-    if collected.metadata["uri"] not in data["data"]["mix_with"]:
-        data["data"]["mix_with"] = {collected.metadata["uri"]: next(iter(data["data"]["mix_with"].values()))}
     result = Path(tempfile.mkdtemp()) / "result.json"
-    run_pac(["finetune", "--model", model.metadata["uri"], "--train.output", output, "--result-file", str(result)],
-            json.dumps(data))
+    run_pac(["finetune", "--model", model.metadata["uri"], "--result-file", str(result)],
+            round_overrides(overrides, dataset.metadata["uri"], collected.metadata["uri"], output))
     out.metadata.update(read_json(result))
 
 

@@ -151,37 +151,6 @@ def test_finetune_from_a_model_of_another_size_keeps_the_source_architecture(bas
     assert cfg.model.proprio_stats  # the source's state statistics came along
 
 
-def test_demo_runs_the_whole_loop_on_embedded_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                       capsys: pytest.CaptureFixture[str]) -> None:
-    """`pac demo` (the README's first command) with its shipped recipe, budgets cut to a few steps."""
-    from pac.cli import main
-    from pac.config import StorageConfig
-    from pac.data.dataset import read_manifest
-
-    monkeypatch.chdir(tmp_path)  # the embedded MLflow store lands in ./outputs/mlruns ...
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # ... unless a server is named (other tests set it)
-    out = tmp_path / "demo"
-    rc = main(["demo", "--output", "demo", "--no-progress", "--generate.tasks", "cartpole/balance,jaco/reach_site",
-               "--generate.episodes_per_policy", "1", "--generate.episode_steps", "12",
-               "--eval.episode_steps", "12", "--eval.episodes", "1", "--eval.num_envs", "1", "--eval.video_size", "64",
-               "--train.steps", "2", "--train.global_batch_size", "8", "--train.micro_batch_size", "8",
-               "--train.checkpoint_every", "2", "--objective.num_action_samples", "2",
-               "--improve.collect_episodes", "1", "--improve.finetune_steps", "2"])
-    assert rc == 0
-    printed = capsys.readouterr().out
-    assert "return before" in printed and "self-improvement on the robot task" in printed
-    for report in ("eval-pretrain", "eval-final"):
-        assert set(json.loads((out / report / "report.json").read_text())["tasks"]) == {"cartpole/balance",
-                                                                                         "jaco/reach_site"}
-        assert (out / report / "scores.png").stat().st_size > 0 and list((out / report).glob("videos/*.mp4"))
-    assert (out / "improve" / "improve.png").stat().st_size > 0
-    assert (out / "runs" / "pretrain" / "export" / "model.safetensors").exists()  # not under out/store/...
-    assert f"pretrained model:   {out}/runs/pretrain/export" in printed
-    collected = read_manifest("self-collected", StorageConfig(root=str(out / "store")))
-    assert collected.counts["episodes"] == 1  # the robot task only, from the pretrained policy
-    assert (tmp_path / "outputs" / "mlruns" / "mlflow.db").exists()
-
-
 def test_return_change_pairs_episodes_by_task_and_seed() -> None:
     from types import SimpleNamespace
 

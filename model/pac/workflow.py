@@ -1,5 +1,5 @@
 """The product's workflow composed from the library's steps — the same steps the KFP pipeline runs as
-containers, here in one process for `pac finetune`, `pac improve` and `pac demo`:
+containers, here in one process for `pac finetune` and `pac improve`:
 
     generate -> ingest -> pretrain -> evaluate -> [collect -> ingest -> finetune -> evaluate] x K
 
@@ -192,6 +192,27 @@ def _sampled(report: Any, first: Any) -> dict[str, Any]:
     return fields
 
 
+def round_config(cfg: Config, collected: str, output: str) -> Config:
+    """The finetuning config of one self-improvement round (`pac improve` and the pipeline's finetune step):
+    the original data mixed with `collected` at `improve.collected_weight`, `improve.finetune_steps` steps at
+    `improve.finetune_lr` (else `train.lr`) and `improve.finetune_alpha` (else `objective.alpha`)."""
+    alpha = cfg.objective.alpha if cfg.improve.finetune_alpha is None else cfg.improve.finetune_alpha
+    return dataclasses.replace(
+        cfg, data=dataclasses.replace(cfg.data, mix_with={collected: cfg.improve.collected_weight}),
+        objective=dataclasses.replace(cfg.objective, alpha=alpha),
+        train=dataclasses.replace(cfg.train, steps=cfg.improve.finetune_steps,
+                                  lr=cfg.improve.finetune_lr or cfg.train.lr, output=output))
+
+
+def round_overrides(overrides: str, dataset: str, collected: str, output: str) -> str:
+    """`round_config` for the pipeline: JSON overrides in, the round's full config as JSON overrides out."""
+    from pac.config import parse_overrides
+
+    data = parse_overrides(overrides)
+    cfg = Config.from_dict({**data, "data": {**data.get("data", {}), "dataset": dataset}})
+    return json.dumps(round_config(cfg, collected, output).to_dict())
+
+
 def improve(cfg: Config, model_uri: str, output: str | Path) -> ImproveResult:
     """K rounds of collect -> ingest -> finetune -> evaluate on the robot task(s); writes the curve.
 
@@ -234,13 +255,7 @@ def improve(cfg: Config, model_uri: str, output: str | Path) -> ImproveResult:
             collect_eval = dataclasses.replace(collect_eval, greedy=False, temperature=cfg.improve.collect_temperature)
         collected = collect(net, model_cfg, collect_eval, cfg.improve.dataset, model_uri=current,
                             storage=cfg.storage, data=cfg.data, plans=plans, append=k > 1, progress=False)
-        alpha = cfg.objective.alpha if cfg.improve.finetune_alpha is None else cfg.improve.finetune_alpha
-        round_cfg = dataclasses.replace(
-            cfg, data=dataclasses.replace(cfg.data, mix_with={str(collected.ref): cfg.improve.collected_weight}),
-            objective=dataclasses.replace(cfg.objective, alpha=alpha),
-            train=dataclasses.replace(cfg.train, steps=cfg.improve.finetune_steps,
-                                      lr=cfg.improve.finetune_lr or cfg.train.lr,
-                                      output=f"{cfg.train.output.rstrip('/')}/round{k}"))
+        round_cfg = round_config(cfg, str(collected.ref), f"{cfg.train.output.rstrip('/')}/round{k}")
         trained = finetune(round_cfg, current, run_name=f"improve-round{k}")
         current = trained.export_uri
         net, model_cfg = load_model(current, cfg)
@@ -282,68 +297,3 @@ def _write_curve(result: ImproveResult, output: Path) -> dict[str, str]:
     fig.savefig(output / "improve.png", dpi=120)
     plt.close(fig)
     return {k: str(output / f"improve.{k}") for k in ("json", "md", "png")}
-
-
-@dataclass
-class LocalRun:
-    """What `run_local` produced, for the summary a person reads."""
-
-    dataset: str
-    pretrain: TrainResult
-    before: Any  # EvalReport of the pretrained model
-    improvement: ImproveResult
-    after: Any  # EvalReport of the final model
-    output: Path
-
-    def summary(self) -> str:
-        lines = [f"dataset:            {self.dataset}",
-                 f"pretrained model:   {self.pretrain.export_uri} (MLflow run {self.pretrain.run_id})",
-                 f"final model:        {self.improvement.rounds[-1].model}", "",
-                 f"{'task':<22} {'return before':>14} {'return after':>13} {'norm. before':>13} {'norm. after':>12}"]
-        for task, b in self.before.tasks.items():
-            a = self.after.tasks[task]
-            lines.append(f"{task:<22} {b.return_mean:>14.1f} {a.return_mean:>13.1f} {b.normalized_score:>13.3f} "
-                         f"{a.normalized_score:>12.3f}")
-        lines += ["", "self-improvement on the robot task:", self.improvement.table(), "",
-                  f"reports, plots, videos: {self.output}/eval-pretrain, {self.output}/eval-final, "
-                  f"{self.output}/improve"]
-        return "\n".join(lines)
-
-
-def run_local(cfg: Config, output: str | Path, *, progress: bool = True) -> LocalRun:
-    """The whole workflow on this machine: generate -> ingest -> pretrain -> evaluate -> improve -> evaluate.
-
-    Every artifact lives under `output` (a fresh directory per run, so nothing resumes by accident):
-    the dataset store, training runs, evaluation reports with plots and videos, the improvement curve.
-    """
-    from pac.evaluation import evaluate_model
-
-    # Absolute: a relative path would name a location under the storage root (`pac.storage.resolve_uri`),
-    # which here lies inside `output` itself.
-    output = Path(output).resolve()
-    output.mkdir(parents=True, exist_ok=True)
-    if not cfg.storage.root.startswith("s3://"):
-        # A self-contained run: its datasets live beside its reports (the store root is a local default).
-        cfg = dataclasses.replace(cfg, storage=dataclasses.replace(cfg.storage, root=str(output / "store")))
-    cfg.dump(output / "config.yaml")
-    log.info("1/5 generate + ingest behaviour data on %s", ", ".join(cfg.generate.tasks))
-    ref, stats = generate_dataset(cfg, "behaviour", progress=progress)
-    print(stats.table())
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=str(ref)),
-                              train=dataclasses.replace(cfg.train, output=str(output / "runs" / "pretrain")))
-    log.info("2/5 pretrain %s (%s) for %d steps", cfg.objective.method, cfg.preset, cfg.train.steps)
-    pretrain = train(cfg, run_name="pretrain")
-    log.info("3/5 evaluate the pretrained model")
-    net, model_cfg = load_model(pretrain.export_uri, cfg)
-    before = evaluate_model(net, dataclasses.replace(model_cfg, eval=cfg.eval), output_dir=output / "eval-pretrain",
-                            name="pretrained", progress=progress)
-    print(before.table())
-    log.info("4/5 self-improvement: %d round(s) of collect, ingest, finetune, evaluate", cfg.improve.iterations)
-    improve_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train,
-                                                                     output=str(output / "runs" / "improve")))
-    improvement = improve(improve_cfg, pretrain.export_uri, output / "improve")
-    log.info("5/5 evaluate the final model")
-    net, model_cfg = load_model(improvement.rounds[-1].model, cfg)
-    after = evaluate_model(net, dataclasses.replace(model_cfg, eval=cfg.eval), output_dir=output / "eval-final",
-                           name="final", progress=progress)
-    return LocalRun(str(ref), pretrain, before, improvement, after, output)

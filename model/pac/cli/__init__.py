@@ -15,7 +15,7 @@ from pac import __version__
 from pac.config import ConfigError
 
 # Command modules, in the order `pac --help` lists them. Imported lazily so `pac --help` stays fast.
-COMMANDS = ("demo", "core", "tasks", "data", "train", "finetune", "evaluate", "collect", "registry", "pipeline")
+COMMANDS = ("pipeline", "core", "tasks", "data", "train", "finetune", "evaluate", "collect", "registry")
 
 
 def build_parser() -> argparse.ArgumentParser:

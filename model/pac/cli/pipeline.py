@@ -138,17 +138,30 @@ def run_local(args: argparse.Namespace) -> int:
 
 
 def local_summary(out: Path, arguments: dict[str, Any], seconds: float) -> str:
-    """Where a person looks after a local run: reports, the registered version and its aliases, MLflow."""
+    """Where a person looks after a local run: the return of each task before and after self-improvement
+    against the random policy, the registry's versions with their aliases, and the MLflow UI command."""
     from pac.config import Config, parse_overrides
+    from pac.evaluation import EvalReport
     from pac.registry import Registry
 
     cfg = Config.from_dict(parse_overrides(arguments["overrides"]))
     reg = Registry(cfg.tracking, arguments.get("registered_model"))
-    reports = sorted((out / "kfp").glob("**/report/*")) or sorted((out / "kfp").glob("**/report"))
-    decisions = sorted((out / "kfp").glob("**/decision"))
-    lines = [f"pipeline finished in {seconds:.0f} s; everything is under {out}", "", reg.table(), ""]
-    lines += [f"evaluation report: {p}" for p in reports[-1:]]
-    lines += [f"promotion decision: {p}" for p in decisions[-1:]]
+    # KFP names the pipeline's evaluate tasks evaluate, evaluate-2, ... in pipeline order (not finishing order).
+    evaluations = sorted((out / "kfp").glob("*/evaluate*/report_json"),
+                         key=lambda p: int(p.parent.name.removeprefix("evaluate").lstrip("-") or 1))
+    lines = [f"pipeline finished in {seconds:.0f} s; everything is under {out}", ""]
+    if evaluations:
+        first, last = EvalReport.load(evaluations[0]), EvalReport.load(evaluations[-1])
+        lines += ["| task | random | return pretrained | return final | normalised pretrained | normalised final |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        for task, b in first.tasks.items():
+            a = last.tasks[task]
+            lines.append(f"| {task} | {b.random_return_mean:.1f} | {b.return_mean:.1f} | {a.return_mean:.1f} | "
+                         f"{b.normalized_score:.3f} | {a.normalized_score:.3f} |")
+        lines += ["", f"evaluation reports (HTML): {evaluations[0].with_name('report')}, "
+                      f"{evaluations[-1].with_name('report')}"]
+    lines += ["", "registry:", reg.table(), ""]
+    lines += [f"promotion decision: {p}" for p in sorted((out / "kfp").glob("*/promote/decision"))[-1:]]
     lines += [f"MLflow UI: mlflow ui --backend-store-uri {cfg.tracking.uri}",
               f"the champion: models:/{reg.name}@champion (MLFLOW_TRACKING_URI={cfg.tracking.uri})"]
     return "\n".join(lines)
