@@ -548,9 +548,11 @@ class Tracker:
             digest = hashlib.sha256(ds.manifest.to_json().encode()).hexdigest()
             source = resolve_dataset_source(scrub(ds.uri))
             dataset = MetaDataset(source, name=f"{ds.manifest.name}@v{ds.ref.version:04d}", digest=digest[:16])
+            active = mlflow.active_run()
+            if active is None or active.info.run_id != run_id:
+                raise TrackingError(f"MLflow's active run is not this tracker's run {run_id}")
             try:
-                self.client.log_inputs(run_id, [mlflow.entities.DatasetInput(
-                    dataset._to_mlflow_entity(), [mlflow.entities.InputTag("mlflow.data.context", context)])])
+                mlflow.log_input(dataset, context=context)
             except MlflowException as e:
                 raise TrackingError(f"could not record dataset {ds.uri} at the {self._where()}: {e.message}") from e
 

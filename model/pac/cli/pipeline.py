@@ -13,6 +13,7 @@ otherwise; it prints where the evaluation report, the registered model and the M
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -71,7 +72,7 @@ def _settings(args: argparse.Namespace) -> Any:
 
     s = settings_from_file(args.settings) if args.settings else ClusterSettings()
     if args.rounds is not None:
-        s = ClusterSettings(**{**s.__dict__, "rounds": args.rounds})
+        s = dataclasses.replace(s, rounds=args.rounds)
     return s
 
 
