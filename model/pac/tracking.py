@@ -535,8 +535,6 @@ class Tracker:
         with its immutable versioned URI and the sha256 of its manifest, so the run page shows what it read."""
         if not self.active:
             return
-        import hashlib
-
         from mlflow.data.dataset_source_registry import resolve_dataset_source
         from mlflow.data.meta_dataset import MetaDataset
 
@@ -545,9 +543,9 @@ class Tracker:
         run_id = self._require_run("log_datasets")
         for uri, context in [(cfg.data.dataset, "training"), *((u, "mixture") for u in cfg.data.mix_with)]:
             ds = open_dataset(uri, cfg.storage)
-            digest = hashlib.sha256(ds.manifest.to_json().encode()).hexdigest()
             source = resolve_dataset_source(scrub(ds.uri))
-            dataset = MetaDataset(source, name=f"{ds.manifest.name}@v{ds.ref.version:04d}", digest=digest[:16])
+            name = f"{ds.manifest.name}@v{ds.ref.version:04d}"
+            dataset = MetaDataset(source, name=name, digest=ds.manifest.digest[:16])
             active = mlflow.active_run()
             if active is None or active.info.run_id != run_id:
                 raise TrackingError(f"MLflow's active run is not this tracker's run {run_id}")

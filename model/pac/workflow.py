@@ -50,8 +50,6 @@ def generate_dataset(cfg: Config, dataset: str, *, append: bool = False, progres
 def dataset_metadata(dataset: str, overrides: str = "") -> dict[str, Any]:
     """What a pipeline records of a dataset version: its immutable URI (`@latest` resolved), version, the
     manifest's sha256 digest and its size. `overrides` (JSON config sections) supply the storage settings."""
-    import hashlib
-
     from pac.config import parse_overrides
     from pac.data.dataset import open_dataset
 
@@ -59,7 +57,7 @@ def dataset_metadata(dataset: str, overrides: str = "") -> dict[str, Any]:
     ds = open_dataset(dataset, cfg.storage)
     counts = ds.manifest.counts
     return {"uri": ds.uri, "name": ds.manifest.name, "version": ds.ref.version,
-            "digest": hashlib.sha256(ds.manifest.to_json().encode()).hexdigest(),
+            "digest": ds.manifest.digest,
             "episodes": counts["episodes"], "transitions": counts["transitions"],
             "tasks": ",".join(ds.manifest.tasks)}
 

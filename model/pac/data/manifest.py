@@ -10,6 +10,7 @@ The derived sections are written into the JSON for people and other tools; reade
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections import Counter
 from collections.abc import Sequence
@@ -163,6 +164,11 @@ class Manifest:
     @property
     def qualities(self) -> dict[str, int]:
         return dict(sum((Counter(t.qualities) for t in self.tasks.values()), Counter()))
+
+    @property
+    def digest(self) -> str:
+        """sha256 of the manifest document: names this version's exact content (lineage in KFP and MLflow)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()
 
     def to_json(self) -> str:
         doc = {"schema_version": self.schema_version, "name": self.name, "version": self.version,
