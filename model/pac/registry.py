@@ -20,12 +20,13 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from pac.config import TrackingConfig
+from pac.config import Config, TrackingConfig
 from pac.evaluation import EvalReport, mean_ci95
 from pac.tracking import TrackingError, redact_uri, resolve_tracking_uri
 
@@ -203,6 +204,40 @@ class Registry:
         self._call("setting the challenger alias", self.client.set_registered_model_alias, self.name, CHALLENGER,
                    version)
         return version
+
+    def gate_challenger(self, version: str, cfg: Config, margin: float, output: Path, *,
+                        progress: bool = False) -> str:
+        """Evaluate `version` and the current champion on the same episodes (`cfg.eval`), apply `gate`, record
+        the decision on `version` and move `champion` if it passes. Writes both evaluations, `decision.md` and
+        `decision.json` under `output`; returns the markdown."""
+        import dataclasses
+        import json
+
+        from pac.evaluation import evaluate_model, load_policy_model
+
+        champion = self.alias_version(CHAMPION)
+        reports = {}
+        for role, v in (("challenger", version), ("champion", champion)):
+            if v is not None:
+                uri = f"models:/{self.name}/{v}"
+                net, model_cfg = load_policy_model(uri, cfg.tracking)
+                # The same eval section (tasks, seeds, episodes) for both: the gate pairs their episodes.
+                reports[role] = evaluate_model(net, dataclasses.replace(model_cfg, eval=cfg.eval, storage=cfg.storage),
+                                               output_dir=output / role, name=uri, progress=progress)
+        decision = gate(reports["challenger"], reports.get("champion"), margin)
+        self.set_tags(version, decision.tags())
+        if decision.promote:
+            self.move_champion(version, "promoted", decision.reason)
+        text = (f"# Promotion gate: {self.name} version {version}\n\n**{decision.reason}**\n\n"
+                f"champion before: {champion or 'none'}; after: {version if decision.promote else champion}\n\n"
+                f"## Challenger\n\n{reports['challenger'].table()}\n")
+        if "champion" in reports:
+            text += f"\n## Champion (version {champion}), same episodes\n\n{reports['champion'].table()}\n"
+        output.mkdir(parents=True, exist_ok=True)
+        (output / "decision.md").write_text(text)
+        (output / "decision.json").write_text(json.dumps({**dataclasses.asdict(decision), "version": version,
+                                                          "champion_before": champion}))
+        return text
 
     def table(self) -> str:
         """Versions side by side: aliases, decision, mean and per-task normalised score at registration."""

@@ -127,42 +127,8 @@ def run_register(args: argparse.Namespace) -> int:
 
 
 def run_gate(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from pac.evaluation import evaluate_model, load_policy_model
-    from pac.registry import CHAMPION, gate
-
     reg, cfg = _registry(args)
-    out = Path(args.output)
-    challenger_uri = f"models:/{reg.name}/{args.version}"
-    champion_version = reg.alias_version(CHAMPION)
-    reports = {}
-    for role, uri in (("challenger", challenger_uri),
-                      ("champion", f"models:/{reg.name}/{champion_version}" if champion_version else None)):
-        if uri is None:
-            continue
-        net, model_cfg = load_policy_model(uri, cfg.tracking)
-        # Same eval section (tasks, seeds, episodes) for both: the gate pairs their episodes.
-        reports[role] = evaluate_model(net, dataclasses.replace(model_cfg, eval=cfg.eval, storage=cfg.storage),
-                                       output_dir=out / role, name=uri, progress=not args.no_progress)
-    if "champion" in reports and set(reports["champion"].tasks) != set(reports["challenger"].tasks):
-        raise ValueError(f"champion (version {champion_version}) was evaluated on {sorted(reports['champion'].tasks)} "
-                         f"and the challenger on {sorted(reports['challenger'].tasks)}: set eval.tasks")
-    decision = gate(reports["challenger"], reports.get("champion"), args.margin)
-    reg.set_tags(args.version, decision.tags())
-    if decision.promote:
-        reg.move_champion(args.version, "promoted", decision.reason)
-    text = (f"# Promotion gate: {reg.name} version {args.version}\n\n**{decision.reason}**\n\n"
-            f"champion before: {champion_version or 'none'}; after: "
-            f"{args.version if decision.promote else champion_version}\n\n## Challenger\n\n"
-            f"{reports['challenger'].table()}\n")
-    if "champion" in reports:
-        text += f"\n## Champion (version {champion_version}), same episodes\n\n{reports['champion'].table()}\n"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "decision.md").write_text(text)
-    (out / "decision.json").write_text(json.dumps({**dataclasses.asdict(decision), "version": args.version,
-                                                   "champion_before": champion_version}))
-    print(text)
+    print(reg.gate_challenger(args.version, cfg, args.margin, Path(args.output), progress=not args.no_progress))
     return 0
 
 
