@@ -36,7 +36,7 @@ class ClusterSettings:
     rounds: int = 1  # self-improvement rounds (collect -> finetune -> evaluate), unrolled at compile time
     s3_secret: str = "pac-s3"  # keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
     mlflow_secret: str = "pac-mlflow"  # keys MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD (may be empty)
-    config_map: str = "pac-endpoints"  # keys MLFLOW_TRACKING_URI, PAC_S3_ENDPOINT (non-secret endpoints)
+    config_map: str = "pac-endpoints"  # keys MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL (non-secret endpoints)
     scratch_pvc: str = ""  # an existing PVC mounted at /scratch in every step ("" for none)
     accelerator_type: str = ""  # e.g. nvidia.com/gpu ("" for CPU training)
     accelerator_limit: int = 1
@@ -76,7 +76,7 @@ def build(settings: ClusterSettings | None = None) -> Any:
                                                              "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"},
                                      optional=True)
         kubernetes.use_config_map_as_env(task, s.config_map, {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
-                                                              "PAC_S3_ENDPOINT": "PAC_S3_ENDPOINT"})
+                                                              "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"})
         if s.scratch_pvc:
             kubernetes.mount_pvc(task, pvc_name=s.scratch_pvc, mount_path="/scratch")
         if training:

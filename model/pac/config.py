@@ -65,6 +65,9 @@ class ModelConfig:
     # task: standardise each task's state with its training data's mean and std (the manifest's statistics, as
     # TD3+BC and IQL do), recorded below when a run starts and kept through finetuning; none: raw values
     proprio_norm: Literal["task", "none"] = "task"
+    # symlog: sign(x) log(1 + |x|) before the encoder, made for raw states (velocities reach tens); on standardised
+    # states it bends the tails where a closed-loop policy extrapolates (docs/learner.md measures both)
+    proprio_squash: Literal["symlog", "none"] = "symlog"
     # task -> statistics, filled by the training run (not a setting: the data decides it)
     proprio_stats: dict[str, ProprioStats] = field(default_factory=dict)
     max_action_dims: int = 16  # policy queries; embodiments with fewer dims are masked
@@ -92,6 +95,8 @@ class ModelConfig:
                f"must be 'vector' or 'scalar', got {self.proprio_encoder!r}")
         _check(self.proprio_norm in ("task", "none"), "model.proprio_norm",
                f"must be 'task' or 'none', got {self.proprio_norm!r}")
+        _check(self.proprio_squash in ("symlog", "none"), "model.proprio_squash",
+               f"must be 'symlog' or 'none', got {self.proprio_squash!r}")
         _check(self.action_decode in ("argmax", "mean", "topk"), "model.action_decode",
                f"must be 'argmax', 'mean' or 'topk', got {self.action_decode!r}")
         _check(self.action_decode_k >= 1, "model.action_decode_k", f"must be >= 1, got {self.action_decode_k}")

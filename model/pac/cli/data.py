@@ -84,6 +84,44 @@ def ingest_command(args: argparse.Namespace) -> int:
 
 
 @subcommand
+def add_check_store(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "check-store", help="check the object store is reachable and writable; optionally create the bucket",
+        description="Check that storage.root (or --root) can be listed and written with the credentials in the "
+                    "environment, waiting up to --wait seconds for the endpoint to come up. The helm chart's "
+                    "bucket-initialisation Job runs it with --create-bucket, its `helm test` hook without.")
+    p.add_argument("--root", help="the store to check (default: storage.root), e.g. s3://pac/store")
+    p.add_argument("--create-bucket", action="store_true", help="create the s3:// root's bucket if it is missing")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="keep retrying an unreachable endpoint this long (a server still starting)")
+    add_config_flags(p, ["storage"])
+    p.set_defaults(func=check_store_command)
+
+
+def check_store_command(args: argparse.Namespace) -> int:
+    import time
+
+    from pac.storage import S3Store, StorageUnreachableError, open_store
+
+    cfg = resolve_config(args)
+    store = open_store(args.root or cfg.storage.root, cfg.storage)
+    deadline = time.monotonic() + args.wait
+    while True:
+        try:
+            if args.create_bucket and isinstance(store, S3Store):
+                store.create_bucket()
+            store.check(write=True)
+            break
+        except StorageUnreachableError as e:
+            if time.monotonic() >= deadline:
+                raise
+            print(f"waiting for the object store: {e}", file=sys.stderr)
+            time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+    print(f"ok: {store.url()} is reachable, listable and writable")
+    return 0
+
+
+@subcommand
 def add_inspect(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "inspect", help="summarise a dataset: versions, counts, per-task returns, qualities",

@@ -3,6 +3,7 @@
     pac pipeline compile                                   writes pipelines/pac_pipeline.yaml (upload it in the UI)
     pac pipeline compile --settings cluster.yaml -o my.yaml   secrets, PVC, GPUs, node selectors of your cluster
     pac pipeline run --local                               the same pipeline on this machine, embedded defaults
+    pac pipeline run --local --stores configured --config cluster.yaml   in one pod against the cluster's S3 + MLflow
     pac pipeline schedule --host http://ml-pipeline:8888 --cron "0 3 * * 1" --param train_steps=2000
 
 The local run uses KFP's own local runner (each step a subprocess, as a pod would be), a local directory as the
@@ -39,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--output", help="run directory (default: outputs/pipeline/<timestamp>)")
     q.add_argument("--config", default="demo", metavar="FILE|RECIPE",
                    help="config overrides for every step (default: the shipped demo recipe's small budgets)")
+    q.add_argument("--stores", choices=("embedded", "configured"), default="embedded",
+                   help="embedded: a local object store and MLflow store in the run directory; configured: "
+                        "storage.root from --config and $MLFLOW_TRACKING_URI (the helm chart's CronJob)")
     _param_flags(q)
     _settings_flags(q)
     q.set_defaults(func=run_local)
@@ -123,14 +127,19 @@ def run_local(args: argparse.Namespace) -> int:
 
     out = Path(args.output or f"outputs/pipeline/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    tracking_uri = f"sqlite:///{out / 'mlruns' / 'mlflow.db'}"
-    (out / "mlruns").mkdir(exist_ok=True)
-    embedded = {"storage": {"root": str(out / "store")}, "tracking": {"uri": tracking_uri}}
+    overrides, params = _overrides(args.config), list(args.param)
+    if args.stores == "embedded":
+        params.append(f"output_root={out / 'runs'}")
+        tracking_uri = f"sqlite:///{out / 'mlruns' / 'mlflow.db'}"
+        (out / "mlruns").mkdir(exist_ok=True)
+        overrides = merge(overrides, {"storage": {"root": str(out / "store")}, "tracking": {"uri": tracking_uri}})
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # what the cluster's ConfigMap provides to each step
+    elif not (overrides.get("tracking", {}).get("uri") or os.environ.get("MLFLOW_TRACKING_URI")):
+        raise ConfigError("--stores configured needs a tracking server: set $MLFLOW_TRACKING_URI or tracking.uri")
     pipeline = build(_settings(args))
     # The recipe's values sit in the overrides; a parameter left at its default does not replace them.
-    arguments = pipeline_arguments(pipeline, [*args.param, f"output_root={out / 'runs'}"],
-                                   merge(_overrides(args.config), embedded))
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # what the cluster's ConfigMap provides to each step
+    # configured: run directories go under storage.root (the pipeline's default output_root is a relative name)
+    arguments = pipeline_arguments(pipeline, params, overrides)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"))
     start = time.perf_counter()
     pipeline(**arguments)

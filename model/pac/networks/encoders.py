@@ -33,10 +33,10 @@ def fourier_features(x: torch.Tensor, bands: int) -> torch.Tensor:
 class ProprioEncoder(nn.Module):
     """The state vector -> proprio tokens, in one of two ways (`model.proprio_encoder`).
 
-    * ``vector`` (default): the whole vector, padded to `max_proprio_dims` beside its mask, goes through an
+    * ``vector``: the whole vector, padded to `max_proprio_dims` beside its mask, goes through an
       MLP that emits `proprio_tokens` tokens (JAT's choice). Every output reads every coordinate through a
       linear path, so a controller proportional to a small coordinate is one weight away.
-    * ``scalar``: every scalar is one token (value embedding + learned per-dimension position); the latents
+    * ``scalar`` (default): every scalar is one token (value embedding + learned per-dimension position); the latents
       must assemble the state through attention (docs/learner.md compares the two).
 
     With `model.proprio_fourier_bands` > 0 each value also enters as Fourier features. Embodiments with
@@ -47,6 +47,7 @@ class ProprioEncoder(nn.Module):
         super().__init__()
         self.max_dims = cfg.max_proprio_dims
         self.bands = cfg.proprio_fourier_bands
+        self.symlog = cfg.proprio_squash == "symlog"
         self.vector = cfg.proprio_encoder == "vector"
         features = 1 + 2 * self.bands
         if self.vector:
@@ -66,7 +67,8 @@ class ProprioEncoder(nn.Module):
             raise ValueError(f"observation has {p} proprio dimensions; the model takes at most "
                              f"model.max_proprio_dims={self.max_dims}")
         dtype = self.value[0].weight.dtype
-        x = fourier_features(symlog(proprio.float()).unsqueeze(-1), self.bands)  # (B, P, 1 + 2*bands)
+        x = symlog(proprio.float()) if self.symlog else proprio.float()
+        x = fourier_features(x.unsqueeze(-1), self.bands)  # (B, P, 1 + 2*bands)
         if not self.vector:
             return self.value(x.to(dtype)) + self.position(_arange(p, proprio.device)), mask  # (B, P, D)
         m = mask.to(x.dtype)
