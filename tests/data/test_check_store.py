@@ -7,12 +7,11 @@ import os
 import socket
 
 import pytest
-
 from pac.cli import main
 
 
 @pytest.mark.s3
-def test_creates_a_missing_bucket_then_checks_it(s3_env, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_creates_a_missing_bucket_then_checks_it(s3_env, capsys: pytest.CaptureFixture[str]) -> None:
     root = f"s3://pac-init-{os.getpid()}/store"
     flags = ["--root", root, "--storage.secure", "false"]
     assert main(["data", "check-store", *flags]) == 1  # no bucket yet: named, not created
@@ -23,7 +22,7 @@ def test_creates_a_missing_bucket_then_checks_it(s3_env, capsys: pytest.CaptureF
 
 
 @pytest.mark.s3
-def test_refused_credentials_fail_with_a_message(s3_env, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+def test_refused_credentials_fail_with_a_message(s3_env, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
     assert main(["data", "check-store", "--root", "s3://any-bucket/x", "--storage.secure", "false",
@@ -40,11 +39,12 @@ def test_an_endpoint_that_never_comes_up_fails_after_the_wait(monkeypatch: pytes
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "k")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s")
-    assert main(["data", "check-store", "--root", "s3://some-bucket/x", "--storage.secure", "false", "--wait", "1"]) == 1
+    flags = ["--root", "s3://some-bucket/x", "--storage.secure", "false", "--wait", "1"]
+    assert main(["data", "check-store", *flags]) == 1
     captured = capsys.readouterr()
     assert "waiting for the object store" in captured.err and "cannot reach" in captured.err
 
 
-def test_a_local_root_is_checked_for_writing(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_a_local_root_is_checked_for_writing(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["data", "check-store", "--root", str(tmp_path / "store")]) == 0
     assert "ok:" in capsys.readouterr().out

@@ -11,9 +11,8 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import pytest
-
 import pac
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.image
