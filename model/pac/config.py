@@ -243,7 +243,9 @@ class TrainConfig:
 
     steps: int = 200
     global_batch_size: int = 64
-    micro_batch_size: int = 64  # per rank; accumulation = global / (micro * world_size)
+    # per rank; accumulation = global / (micro * world_size). 0: global / world_size, no accumulation, so one
+    # config runs at any world size (pin it when a rank's memory needs accumulation)
+    micro_batch_size: int = 0
     lr: float = 1e-3  # 3e-4 left BC at 0.02 of a point-mass expert after 1,000 steps, 1e-3 at 0.40 (docs/learner.md)
     weight_decay: float = 0.01
     warmup_steps: int = 20
@@ -269,8 +271,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _check(self.steps >= 1, "train.steps", f"must be >= 1, got {self.steps}")
-        _check(self.micro_batch_size >= 1, "train.micro_batch_size", f"must be >= 1, got {self.micro_batch_size}")
-        _check(self.global_batch_size % self.micro_batch_size == 0, "train.global_batch_size",
+        _check(self.global_batch_size >= 1, "train.global_batch_size", f"must be >= 1, got {self.global_batch_size}")
+        _check(self.micro_batch_size >= 0, "train.micro_batch_size",
+               f"must be >= 1, or 0 to derive it from the ranks, got {self.micro_batch_size}")
+        _check(self.micro_batch_size == 0 or self.global_batch_size % self.micro_batch_size == 0,
+               "train.global_batch_size",
                f"{self.global_batch_size} is not divisible by train.micro_batch_size={self.micro_batch_size}")
         _check(self.lr > 0, "train.lr", f"must be > 0, got {self.lr}")
         _check(self.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {self.weight_decay}")
@@ -390,12 +395,25 @@ class TrackingConfig:
 class ClusterConfig:
     """Where training runs: in this process (nodes == 1), or as a Kubeflow Trainer job over several nodes."""
 
-    nodes: int = 1  # training nodes; > 1 submits a TrainJob from inside the cluster (docs/deployment.md)
+    nodes: int = 1  # training nodes; > 1 submits a TrainJob from inside the cluster (pac.cluster)
     gpus_per_node: int = 0  # accelerators per node (0: CPU nodes, one process per node)
+    namespace: str = ""  # where the TrainJob goes; empty: the submitting pod's own namespace
+    runtime: str = "pac-torch-distributed"  # the TrainingRuntime (manifests/base) that runs torchrun on each node
+    image: str = ""  # the training pods' image; empty: pac-k8s:<package version> (pac.image_ref)
+    cpu_per_node: str = "8"
+    memory_per_node: str = "32Gi"
+    accelerator: str = "nvidia.com/gpu"  # the resource name gpus_per_node requests
+    # a job whose pods are still unscheduled after this long is deleted and the step fails naming why
+    schedule_timeout_s: float = 900.0
+    poll_s: float = 5.0  # status polling interval while the job runs
 
     def __post_init__(self) -> None:
         _check(self.nodes >= 1, "cluster.nodes", f"must be >= 1, got {self.nodes}")
         _check(self.gpus_per_node >= 0, "cluster.gpus_per_node", f"must be >= 0, got {self.gpus_per_node}")
+        _check(bool(self.runtime), "cluster.runtime", "must name a TrainingRuntime")
+        _check(self.schedule_timeout_s > 0, "cluster.schedule_timeout_s",
+               f"must be > 0, got {self.schedule_timeout_s}")
+        _check(self.poll_s > 0, "cluster.poll_s", f"must be > 0, got {self.poll_s}")
 
 
 @dataclass

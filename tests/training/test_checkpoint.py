@@ -16,7 +16,14 @@ from pac.config import Config, ConfigError
 from pac.data.synthetic import SyntheticSource
 from pac.storage import open_store
 from pac.training.checkpoint import CheckpointError
-from pac.training.engine import check_memory, deepspeed_config, init_world, resolve_precision
+from pac.training.engine import (
+    accumulation_steps,
+    check_memory,
+    deepspeed_config,
+    init_world,
+    per_rank_batch,
+    resolve_precision,
+)
 from pac.training.export import load_export
 from pac.training.loop import train
 
@@ -174,6 +181,18 @@ def test_generated_deepspeed_config_repeats_nothing_by_hand() -> None:
     with pytest.raises(ConfigError, match="global_batch_size=32 is not divisible.*micro_batch_size \\(4\\) x "
                                           "ranks \\(3\\)"):
         deepspeed_config(cfg.train, world_size=3)
+
+
+def test_an_unpinned_micro_batch_splits_the_global_batch_over_any_number_of_ranks() -> None:
+    """The README's `torchrun --nproc_per_node 2 ... --train.zero_stage 3` at the defaults (issue 20): one config
+    runs at any world size unless the micro-batch is pinned."""
+    default = Config().train
+    assert [per_rank_batch(default, n).micro_batch_size for n in (1, 2, 4)] == [64, 32, 16]
+    assert [accumulation_steps(per_rank_batch(default, n), n) for n in (1, 2, 4)] == [1, 1, 1]
+    pinned = Config.from_dict({"train": {"global_batch_size": 64, "micro_batch_size": 16}}).train
+    assert per_rank_batch(pinned, 2).micro_batch_size == 16 and accumulation_steps(pinned, 2) == 2
+    with pytest.raises(ConfigError, match="global_batch_size=64 does not split evenly over 3 ranks"):
+        per_rank_batch(default, 3)
 
 
 def test_a_preset_too_large_for_memory_is_refused_with_a_hint() -> None:

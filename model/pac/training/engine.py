@@ -72,6 +72,17 @@ def init_world() -> World:
                  torch.distributed.get_world_size())
 
 
+def per_rank_batch(cfg: TrainConfig, world_size: int) -> TrainConfig:
+    """`cfg` with its micro-batch resolved for `world_size` ranks: a pinned one is kept, 0 becomes the global
+    batch split evenly over the ranks (no accumulation), so one config runs on 1 process or 64."""
+    if cfg.micro_batch_size:
+        return cfg
+    if cfg.global_batch_size % world_size:
+        raise ConfigError(f"train.global_batch_size={cfg.global_batch_size} does not split evenly over {world_size} "
+                          f"ranks; choose a multiple of {world_size} or pin train.micro_batch_size")
+    return dataclasses.replace(cfg, micro_batch_size=cfg.global_batch_size // world_size)
+
+
 def accumulation_steps(cfg: TrainConfig, world_size: int) -> int:
     per_step = cfg.micro_batch_size * world_size
     if cfg.global_batch_size % per_step:
@@ -239,6 +250,7 @@ class DeepSpeedEngine:
         if precision != cfg.train.precision:
             log.info("train.precision %s -> %s", cfg.train.precision, precision)
             cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, precision=precision))
+        cfg = dataclasses.replace(cfg, train=per_rank_batch(cfg.train, world.world_size))
         self.cfg, self.world = cfg, world
         self.accumulation = accumulation_steps(cfg.train, world.world_size)
         self.ds_config = deepspeed_config(cfg.train, world.world_size)

@@ -28,7 +28,7 @@ from pac.inputs import Transition
 from pac.networks import PerceiverActorCritic
 from pac.storage import open_store, resolve_uri
 from pac.training.checkpoint import CheckpointStore, rng_state, set_rng_state
-from pac.training.engine import DeepSpeedEngine, init_world
+from pac.training.engine import DeepSpeedEngine, init_world, per_rank_batch
 from pac.training.export import save_export
 from pac.training.flops import count_flops, peak_matmul_flops, tokens_per_sample
 from pac.training.weights import RUN_INFO
@@ -118,6 +118,7 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
     from pac.tracking import Tracker
 
     world = init_world()
+    cfg = dataclasses.replace(cfg, train=per_rank_batch(cfg.train, world.world_size))
     run_store = open_store(resolve_uri(cfg.train.output, cfg.storage), cfg.storage)
     tracker = Tracker(cfg.tracking, active=world.is_main)
     # Fail fast on unreachable services, before the first (possibly hour-long) step.
