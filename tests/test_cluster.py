@@ -162,6 +162,14 @@ def test_the_trainjob_is_valid_for_kubeflow_trainer_and_carries_the_resolved_con
     assert "torchrun -m pac.cli train --config" in spec["command"][-1]
 
 
+def test_a_finetunes_parent_run_reaches_every_process() -> None:
+    job = trainjob(config(), parent_run_id="abc123")
+    env = {e["name"]: e["value"] for e in job["spec"]["trainer"]["env"]}
+    assert env["PAC_PARENT_RUN_ID"] == "abc123"
+    assert job["spec"]["trainer"]["command"][-1].endswith('--parent-run-id "$PAC_PARENT_RUN_ID"')
+    assert "--parent-run-id" not in trainjob(config())["spec"]["trainer"]["command"][-1]
+
+
 def test_the_job_name_is_stable_per_run_directory_and_valid() -> None:
     a, b = config(), Config.from_dict({"train": {"output": "s3://pac/store/runs/other"}})
     assert job_name(a) == job_name(config())

@@ -31,10 +31,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pac
 from pac.config import Config
+
+if TYPE_CHECKING:
+    from pac.training.loop import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,7 @@ CONFIG_ENV = "PAC_CONFIG"
 # separate env vars from Secrets), so no ConfigMap has to be created and RBAC stays at TrainJobs.
 LAUNCH = (f'printf "%s" "${CONFIG_ENV}" > /tmp/pac-config.json && '
           "exec torchrun -m pac.cli train --config /tmp/pac-config.json")
+PARENT_ENV = "PAC_PARENT_RUN_ID"  # a finetune's MLflow parent run (lineage), when there is one
 
 
 class TrainJobError(OSError):
@@ -66,9 +70,14 @@ def job_name(cfg: Config) -> str:
     return f"pac-{tail}-{digest}".replace("--", "-") if tail else f"pac-{digest}"
 
 
-def trainjob(cfg: Config, name: str | None = None) -> dict[str, Any]:
+def trainjob(cfg: Config, name: str | None = None, parent_run_id: str | None = None) -> dict[str, Any]:
     """The TrainJob manifest for `cfg` (runtime, nodes, processes and resources per node, the resolved config)."""
     c = cfg.cluster
+    env = [{"name": CONFIG_ENV, "value": json.dumps(cfg.to_dict(), sort_keys=True)}]
+    launch = LAUNCH
+    if parent_run_id:
+        env.append({"name": PARENT_ENV, "value": parent_run_id})
+        launch += f' --parent-run-id "${PARENT_ENV}"'
     resources: dict[str, Any] = {"cpu": c.cpu_per_node, "memory": c.memory_per_node}
     if c.gpus_per_node:
         resources[c.accelerator] = c.gpus_per_node
@@ -83,8 +92,8 @@ def trainjob(cfg: Config, name: str | None = None) -> dict[str, Any]:
                 "numNodes": c.nodes,
                 "numProcPerNode": max(1, c.gpus_per_node),
                 "image": c.image or pac.image_ref(),
-                "command": ["sh", "-c", LAUNCH],
-                "env": [{"name": CONFIG_ENV, "value": json.dumps(cfg.to_dict(), sort_keys=True)}],
+                "command": ["sh", "-c", launch],
+                "env": env,
                 "resourcesPerNode": {"requests": resources, "limits": resources},
             },
         },
@@ -128,7 +137,18 @@ def condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
-def run_trainjob(cfg: Config, api: Api | None = None, *, out: Callable[[str], None] = print) -> str:
+def train_on_cluster(cfg: Config, *, parent_run_id: str | None = None, api: Api | None = None,
+                     out: Callable[[str], None] = print) -> TrainResult:
+    """`pac.training.loop.train`'s result, with the training done by a TrainJob (`run_trainjob`)."""
+    from pac.training.loop import TrainResult
+    from pac.training.weights import source_run_id
+
+    uri = run_trainjob(cfg, api, parent_run_id=parent_run_id, out=out)
+    return TrainResult(steps=cfg.train.steps, run_id=source_run_id(uri, cfg), export_uri=uri)
+
+
+def run_trainjob(cfg: Config, api: Api | None = None, *, parent_run_id: str | None = None,
+                 out: Callable[[str], None] = print) -> str:
     """Submit (or rejoin) the job for `cfg`, follow it to the end; returns the export URI it wrote.
 
     Raises:
@@ -139,7 +159,7 @@ def run_trainjob(cfg: Config, api: Api | None = None, *, out: Callable[[str], No
 
     api = api or Api.connect()
     ns, name = namespace(cfg), job_name(cfg)
-    body = trainjob(cfg, name)
+    body = trainjob(cfg, name, parent_run_id)
     try:
         existing = _get(api, ns, name)
         if existing is not None and condition(existing, "Failed"):

@@ -91,6 +91,10 @@ def finetune(cfg: Config, model_uri: str, *, run_name: str | None = None) -> Tra
         log.warning("the run that trained %s (%s) is not in this tracking store; the finetune run is not "
                     "linked to a parent", model_uri, parent)
         parent = None
+    from pac.cluster import should_submit, train_on_cluster
+
+    if should_submit(cfg):  # cluster.nodes > 1: a TrainJob's processes finetune
+        return train_on_cluster(cfg, parent_run_id=parent)
     return train(cfg, parent_run_id=parent, run_name=run_name or "finetune")
 
 

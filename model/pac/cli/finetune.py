@@ -10,7 +10,7 @@ import argparse
 
 from pac.cli.common import add_config_flags, resolve_config
 
-SECTIONS = ["objective", "data", "train", "eval", "improve", "storage", "tracking"]
+SECTIONS = ["objective", "data", "train", "eval", "improve", "storage", "tracking", "cluster"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:

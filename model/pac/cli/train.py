@@ -31,26 +31,17 @@ def run(args: argparse.Namespace) -> int:
     from pac.training.loop import train
 
     cfg = resolve_config(args)
-    if should_submit(cfg):  # cluster.nodes > 1: the job's own processes train (pac.cluster)
-        return _run_on_cluster(cfg, args.result_file)
-    result = train(cfg, parent_run_id=args.parent_run_id, eval_hook=_eval_hook(cfg))
+    if should_submit(cfg):  # cluster.nodes > 1: a TrainJob's processes train (pac.cluster)
+        from pac.cluster import train_on_cluster
+
+        result = train_on_cluster(cfg, parent_run_id=args.parent_run_id)
+    else:
+        result = train(cfg, parent_run_id=args.parent_run_id, eval_hook=_eval_hook(cfg))
     if result.preempted:
         print(f"preempted at step {result.steps}: checkpoint saved; rerun the same command to resume")
         return 143
     print(f"trained {result.steps} steps; weights: {result.export_uri}; MLflow run: {result.run_id}")
     write_result(args.result_file, result)
-    return 0
-
-
-def _run_on_cluster(cfg: Any, result_file: str | None) -> int:
-    from pac.cluster import run_trainjob
-    from pac.training.loop import TrainResult
-    from pac.training.weights import RUN_INFO, source_run_id
-
-    uri = run_trainjob(cfg)
-    run_id = source_run_id(uri, cfg)
-    print(f"trained on {cfg.cluster.nodes} nodes; weights: {uri}; MLflow run: {run_id} (lineage: {uri}/{RUN_INFO})")
-    write_result(result_file, TrainResult(steps=cfg.train.steps, run_id=run_id, export_uri=uri))
     return 0
 
 
