@@ -34,6 +34,7 @@ class ClusterSettings:
     """
 
     rounds: int = 1  # self-improvement rounds (collect -> finetune -> evaluate), unrolled at compile time
+    image: str = ""  # every step's image, e.g. ghcr.io/acme/pac-k8s:0.1.0; empty: the components' pac-k8s:<version>
     s3_secret: str = "pac-s3"  # keys AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY
     mlflow_secret: str = "pac-mlflow"  # keys MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD (may be empty)
     config_map: str = "pac-endpoints"  # keys MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL (non-secret endpoints)
@@ -70,6 +71,8 @@ def build(settings: ClusterSettings | None = None) -> Any:
     s = settings or ClusterSettings()
 
     def env(task: Any, *, training: bool = False, io: bool = False) -> Any:
+        if s.image:
+            task.set_container_image(s.image)
         kubernetes.use_secret_as_env(task, s.s3_secret, {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID",
                                                          "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"})
         kubernetes.use_secret_as_env(task, s.mlflow_secret, {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",

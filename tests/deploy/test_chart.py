@@ -202,7 +202,11 @@ def test_the_commands_the_chart_runs_are_valid_pac_command_lines(values: Path | 
     settings = settings_from_file(str(tmp_path / "settings.yaml"))
     assert settings.config_map == "t-pac-endpoints"
     overrides = read_overrides(str(tmp_path / "config.yaml"))
-    assert Config.from_dict(overrides).storage.root.startswith("s3://")
+    cfg = Config.from_dict(overrides)
+    assert cfg.storage.root.startswith("s3://")
+    image = next(o for o in objs if o["kind"] == "Deployment" and "mlflow" in o["metadata"]["name"])
+    image = pod_spec(image)["containers"][0]["image"]
+    assert settings.image == cfg.cluster.image == image  # pipeline steps and TrainJobs run the chart's image
     parser = build_parser()
     for obj in objs:
         if obj["kind"] not in WORKLOADS:

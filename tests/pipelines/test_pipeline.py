@@ -46,8 +46,11 @@ def test_cluster_settings_are_compiled_into_the_ir(tmp_path: Path) -> None:
     settings = ClusterSettings(rounds=2, s3_secret="my-s3", mlflow_secret="my-mlflow", scratch_pvc="scratch",
                                accelerator_type="nvidia.com/gpu", accelerator_limit=2,
                                node_selector={"pool": "gpu"},
-                               tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}])
+                               tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                               image="registry.example/acme/pac-k8s:0.1.0")
     spec, platform = _ir(compile_pipeline(tmp_path / "p.yaml", settings))
+    images = {ex["container"]["image"] for ex in spec["deploymentSpec"]["executors"].values()}
+    assert images == {"registry.example/acme/pac-k8s:0.1.0"}  # every step runs the cluster's registry image
     tasks = spec["root"]["dag"]["tasks"]
     assert sum(t.startswith("finetune") for t in tasks) == 2  # two rounds unrolled
     configs = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
