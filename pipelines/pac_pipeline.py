@@ -78,6 +78,7 @@ def build(settings: ClusterSettings | None = None) -> Any:
         kubernetes.use_secret_as_env(task, s.mlflow_secret, {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
                                                              "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"},
                                      optional=True)
+        task.set_env_variable("PAC_S3_SECRET_NAME", s.s3_secret)  # named in credential errors (pac.storage)
         kubernetes.use_config_map_as_env(task, s.config_map, {"MLFLOW_TRACKING_URI": "MLFLOW_TRACKING_URI",
                                                               "AWS_ENDPOINT_URL": "AWS_ENDPOINT_URL"})
         if s.scratch_pvc:

@@ -347,18 +347,21 @@ class S3Store(Store):
 
         who = f"access key id {self.access_key!r}" if self.access_key else "anonymous access (AWS_ACCESS_KEY_ID unset)"
         where = f"S3 endpoint {self.endpoint}"
+        # In a cluster the variables come from a Secret the pipeline names in PAC_S3_SECRET_NAME: say which one.
+        secret = os.environ.get("PAC_S3_SECRET_NAME", "")
+        fix = f" (in this pod both come from Kubernetes Secret {secret!r})" if secret else ""
         if isinstance(e, S3Error):
             code = e.code
             if code == "SignatureDoesNotMatch":
                 return StorageAuthError(
                     f"{where} refused the secret key for {who} while trying to {what} (SignatureDoesNotMatch): "
-                    f"check AWS_SECRET_ACCESS_KEY")
+                    f"check AWS_SECRET_ACCESS_KEY{fix}")
             if code in ("InvalidAccessKeyId", "InvalidToken", "ExpiredToken"):
                 return StorageAuthError(f"{where} does not accept {who} while trying to {what} ({code}): "
-                                        f"check AWS_ACCESS_KEY_ID / AWS_SESSION_TOKEN")
+                                        f"check AWS_ACCESS_KEY_ID / AWS_SESSION_TOKEN{fix}")
             if code in ("AccessDenied", "AllAccessDisabled"):
                 return StorageAuthError(f"{where} denied {who} permission to {what} ({code}): the credentials are "
-                                        f"wrong or lack permission on bucket {self.bucket!r}")
+                                        f"wrong or lack permission on bucket {self.bucket!r}{fix}")
             if code == "NoSuchBucket":
                 return BucketNotFoundError(f"bucket {self.bucket!r} does not exist at {where} (needed to {what}); "
                                            f"create it or fix storage.root / the URI")

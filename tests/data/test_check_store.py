@@ -25,10 +25,12 @@ def test_creates_a_missing_bucket_then_checks_it(s3_env, capsys: pytest.CaptureF
 def test_refused_credentials_fail_with_a_message(s3_env, monkeypatch: pytest.MonkeyPatch,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    monkeypatch.setenv("PAC_S3_SECRET_NAME", "team-s3")  # what the pipeline and the chart set in a pod
     assert main(["data", "check-store", "--root", "s3://any-bucket/x", "--storage.secure", "false",
                  "--create-bucket"]) == 1
     err = capsys.readouterr().err
-    assert "not-the-secret" not in err and ("credential" in err.lower() or "secret" in err.lower()), err
+    assert "not-the-secret" not in err and "AWS_SECRET_ACCESS_KEY" in err, err
+    assert "Kubernetes Secret 'team-s3'" in err  # the step's error names the Secret to fix
 
 
 def test_an_endpoint_that_never_comes_up_fails_after_the_wait(monkeypatch: pytest.MonkeyPatch,

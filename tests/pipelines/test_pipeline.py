@@ -57,6 +57,8 @@ def test_cluster_settings_are_compiled_into_the_ir(tmp_path: Path) -> None:
     text = json.dumps(configs)
     for expected in ("my-s3", "my-mlflow", "AWS_SECRET_ACCESS_KEY", "pac-endpoints", "scratch", "/scratch"):
         assert expected in text
+    envs = [ex["container"].get("env", []) for ex in spec["deploymentSpec"]["executors"].values()]
+    assert all({"name": "PAC_S3_SECRET_NAME", "value": "my-s3"} in env for env in envs)  # named in credential errors
     trainers = [c for n, c in configs.items() if "pretrain" in n or "finetune" in n]
     assert trainers and all(c["nodeSelector"]["labels"] == {"pool": "gpu"} for c in trainers)
     assert all(c["tolerations"][0]["key"] == "gpu" for c in trainers)

@@ -89,6 +89,8 @@ capabilities:
 
 {{/* Non-secret endpoints and S3 credentials as env, the same way the pipeline's steps get them. */}}
 {{- define "pac.storeEnv" -}}
+- name: PAC_S3_SECRET_NAME  # named in pac's credential errors
+  value: {{ include "pac.s3Secret" . }}
 - name: AWS_ENDPOINT_URL
   valueFrom:
     configMapKeyRef: {name: {{ include "pac.fullname" . }}-endpoints, key: AWS_ENDPOINT_URL}
