@@ -22,12 +22,13 @@ ENV PATH=/opt/venv/bin:${PATH}
 # torch first and pinned: a resolver run that reaches it through the project's dependencies would take the
 # default index's (multi-GB CUDA) build.
 RUN pip install ${TORCH_INDEX_URL:+--index-url ${TORCH_INDEX_URL}} "torch==2.13.0"
-COPY pyproject.toml README.md /src/
+COPY pyproject.toml README.md scripts/image-constraints.txt /src/
 COPY model /src/model
 COPY components /src/components
 COPY pipelines /src/pipelines
 # [server]: the MLflow server's database drivers (helm: mlflow.backendStore.type=database)
-RUN pip install "/src[server]" "torch==2.13.0" && pip check
+# Every other version exactly as locked (scripts/lock-image), so a rebuild installs the image that was tested.
+RUN pip install -c /src/image-constraints.txt "/src[server]" "torch==2.13.0" && pip check
 
 FROM ${BASE_IMAGE}
 ARG MUJOCO_GL=osmesa

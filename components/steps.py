@@ -63,8 +63,9 @@ def pretrain(overrides: str, dataset: Input[Dataset], output: str, model: Output
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def evaluate(overrides: str, model: Input[Model], metrics: Output[Metrics], report: Output[HTML],
-             report_json: Output[Artifact]) -> float:
-    """Batched MuJoCo rollouts of the model; returns its mean normalised score."""
+             evaluation: Output[Artifact]) -> float:
+    """Batched MuJoCo rollouts of the model; returns its mean normalised score. `evaluation` is the whole
+    output directory (report.json, results.md, scores.png, videos/): the register step attaches it."""
     import shutil
     import tempfile
     from pathlib import Path
@@ -83,7 +84,7 @@ def evaluate(overrides: str, model: Input[Model], metrics: Output[Metrics], repo
     score = float(data["summary"]["normalized_score_mean"])
     metrics.log_metric("normalized_score_mean", score)
     Path(report.path).write_text(html_report(out))
-    shutil.copyfile(out / "report.json", report_json.path)
+    shutil.copytree(out, evaluation.path)
     return score
 
 
@@ -121,7 +122,7 @@ def finetune(overrides: str, model: Input[Model], dataset: Input[Dataset], colle
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def register(overrides: str, model: Input[Model], dataset: Input[Dataset], report_json: Input[Artifact],
+def register(overrides: str, model: Input[Model], dataset: Input[Dataset], evaluation: Input[Artifact],
              registered_model: str, pipeline_run: str, out: Output[Model]) -> str:
     """Register the model version with its lineage tags and evaluation table; alias `challenger`."""
     import tempfile
@@ -130,7 +131,7 @@ def register(overrides: str, model: Input[Model], dataset: Input[Dataset], repor
     from pac.components.runtime import read_json, run_pac
 
     result = Path(tempfile.mkdtemp()) / "result.json"
-    run_pac(["registry", "register", "--run-id", model.metadata["run_id"], "--report", report_json.path,
+    run_pac(["registry", "register", "--run-id", model.metadata["run_id"], "--report", f"{evaluation.path}/report.json",
              "--dataset", dataset.metadata["uri"], "--name", registered_model, "--pipeline-run", pipeline_run,
              "--result-file", str(result)], overrides)
     data = read_json(result)

@@ -138,7 +138,7 @@ def build(settings: ClusterSettings | None = None) -> Any:
             current = tuned.outputs["out"]
             evaluation = env(steps.evaluate(overrides=conf, model=current)).set_display_name(f"evaluate round {k}")
         registered = env(steps.register(overrides=conf, model=current, dataset=data.outputs["out"],
-                                        report_json=evaluation.outputs["report_json"],
+                                        evaluation=evaluation.outputs["evaluation"],
                                         registered_model=registered_model,
                                         pipeline_run=dsl.PIPELINE_JOB_ID_PLACEHOLDER), io=True)
         registered.set_display_name("register")

@@ -695,6 +695,10 @@ class EvalReport:
             raise ValueError(f"{path} is not an evaluation report (report.json of `pac evaluate`): {e}") from e
         files = {kind: path.parent / name for kind, name in (("report", path.name), ("table", "results.md"),
                                                              ("plot", "scores.png")) if (path.parent / name).is_file()}
+        for task, r in tasks.items():
+            for video in r.videos:
+                if (path.parent / video).is_file():
+                    files[f"video:{task}:{Path(video).stem}"] = path.parent / video
         return EvalReport(data.get("policy", ""), data.get("step"), data.get("config", {}), tasks, files)
 
     def table(self) -> str:

@@ -175,15 +175,15 @@ class Registry:
         """Register the model a training run logged as a new version (alias `challenger`); returns the version.
 
         The description holds the evaluation table, the tags the lineage (`tags`) and the score; the report's
-        files (report.json, results.md, the plot) are attached to the training run under `evaluation/`.
+        files (report.json, results.md, the plot, the videos) are attached to the training run the version links
+        to, under `evaluation/` (videos under `evaluation/videos/`).
         """
         from pac.tracking import MODEL_NAME
 
         run = self._call(f"reading run {run_id}", self.client.get_run, run_id)
-        for kind in ("report", "table", "plot"):
-            if kind in report.files:
-                self._call("attaching the evaluation", self.client.log_artifact, run_id, str(report.files[kind]),
-                           "evaluation")
+        for kind, path in report.files.items():
+            folder = "evaluation/videos" if kind.startswith("video:") else "evaluation"
+            self._call("attaching the evaluation", self.client.log_artifact, run_id, str(path), folder)
         logged = self._call("finding the run's model", self.client.search_logged_models,
                             [run.info.experiment_id], f"source_run_id = '{run_id}' AND name = '{MODEL_NAME}'")
         if not logged:

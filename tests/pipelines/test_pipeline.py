@@ -120,6 +120,10 @@ def test_the_local_pipeline_run_leaves_data_runs_reports_and_a_champion(
     version = client.get_model_version_by_alias("pac-policy", "champion")
     assert version.tags["pac.decision"] == "promoted" and version.tags["pac.dataset"].endswith("behaviour@v0001")
     assert "cartpole/balance" in version.description
+    attached = {f.path for f in client.list_artifacts(version.run_id, "evaluation")}
+    assert {"evaluation/report.json", "evaluation/results.md", "evaluation/scores.png"} <= attached
+    videos = [f.path for f in client.list_artifacts(version.run_id, "evaluation/videos")]
+    assert videos and all(v.endswith(".mp4") for v in videos)  # the reviewer watches the version's rollouts
     mlflow.set_tracking_uri(None)
 
     # A reviewer moves the alias by hand and takes it back, each with a recorded reason.

@@ -157,8 +157,8 @@ def local_summary(out: Path, arguments: dict[str, Any], seconds: float) -> str:
     cfg = Config.from_dict(parse_overrides(arguments["overrides"]))
     reg = Registry(cfg.tracking, arguments.get("registered_model"))
     # KFP names the pipeline's evaluate tasks evaluate, evaluate-2, ... in pipeline order (not finishing order).
-    evaluations = sorted((out / "kfp").glob("*/evaluate*/report_json"),
-                         key=lambda p: int(p.parent.name.removeprefix("evaluate").lstrip("-") or 1))
+    evaluations = sorted((out / "kfp").glob("*/evaluate*/evaluation/report.json"),
+                         key=lambda p: int(p.parent.parent.name.removeprefix("evaluate").lstrip("-") or 1))
     lines = [f"pipeline finished in {seconds:.0f} s; everything is under {out}", ""]
     if evaluations:
         first, last = EvalReport.load(evaluations[0]), EvalReport.load(evaluations[-1])
