@@ -177,7 +177,7 @@ class MlpFloor:
             task = torch.tensor([rows[tuple(r)] for r in batch.obs.text.tolist()])
             logits = self.logits(self.features(batch.obs.proprio, batch.obs.proprio_mask, task))
             a = batch.action.shape[1]
-            target = action_to_bins(batch.action, self.cfg.model.action_bins)  # (B, A)
+            target = action_to_bins(batch.action, self.cfg.model.action_bins, self.cfg.model.action_bin_mu)  # (B, A)
             nll = F.cross_entropy(logits[:, :a].flatten(0, 1), target.flatten(), reduction="none")
             loss = (nll * batch.action_mask.flatten()).sum() / batch.action_mask.sum()
             opt.zero_grad()
@@ -202,7 +202,8 @@ class MlpFloor:
         with torch.no_grad():
             logits = self.logits(self.features(torch.from_numpy(p), torch.from_numpy(pm), task))
         a = envs[0].action_dim
-        actions = bins_to_action(logits[:, :a].argmax(-1), self.cfg.model.action_bins).numpy()
+        actions = bins_to_action(logits[:, :a].argmax(-1), self.cfg.model.action_bins,
+                                     self.cfg.model.action_bin_mu).numpy()
         return np.stack([denormalize_action(x, e.action_low, e.action_high) for x, e in zip(actions, envs)])
 
 

@@ -220,7 +220,8 @@ def probe_network(net: Any, probes: dict[str, ExpertStates], samples: int = 32, 
             expert = torch.from_numpy(probe.actions[idx])  # (N, A)
             n, a = expert.shape
             z = net.encode(obs)
-            greedy = bins_to_action(net.policy_logits(z, a).argmax(-1), net.cfg.action_bins)  # (N, A)
+            greedy = bins_to_action(net.policy_logits(z, a).argmax(-1), net.cfg.action_bins,
+                                    net.cfg.action_bin_mu)  # (N, A)
             uniform = torch.rand(n, samples, a, generator=gen) * 2 - 1
             cand = torch.cat([expert[:, None], greedy[:, None], -expert[:, None], uniform], 1)  # (N, 3+S, A)
             q = expected_value(net.q_logits(z, cand, torch.ones(n, a, dtype=torch.bool)), support)  # (N, 3+S)

@@ -71,7 +71,10 @@ class ModelConfig:
     # task -> statistics, filled by the training run (not a setting: the data decides it)
     proprio_stats: dict[str, ProprioStats] = field(default_factory=dict)
     max_action_dims: int = 16  # policy queries; embodiments with fewer dims are masked
-    action_bins: int = 101  # per-dimension uniform bins over [-1, 1] (normalised action bounds)
+    action_bins: int = 101  # per-dimension bins over [-1, 1] (normalised action bounds)
+    # 0: bins uniform over [-1, 1] (the paper's); mu > 0: uniform in the mu-law warp of the action, dense around 0
+    # (bin width near 0: 2/(bins-1) * ln(1+mu)/mu) and sparse towards the bounds, which stay exact bins
+    action_bin_mu: float = 0.0
     # the greedy policy's action per dimension: argmax (the likeliest bin), mean (of the bin distribution) or
     # topk (mean over the `action_decode_k` bins around the likeliest); sampling always uses the categorical
     action_decode: Literal["argmax", "mean", "topk"] = "argmax"
@@ -100,6 +103,8 @@ class ModelConfig:
         _check(self.action_decode in ("argmax", "mean", "topk"), "model.action_decode",
                f"must be 'argmax', 'mean' or 'topk', got {self.action_decode!r}")
         _check(self.action_decode_k >= 1, "model.action_decode_k", f"must be >= 1, got {self.action_decode_k}")
+        _check(self.action_bin_mu >= 0, "model.action_bin_mu",
+               f"must be >= 0 (0: uniform bins), got {self.action_bin_mu}")
         _check(self.proprio_fourier_bands >= 0, "model.proprio_fourier_bands",
                f"must be >= 0, got {self.proprio_fourier_bands}")
         _check(self.action_bins >= 2, "model.action_bins", f"need at least 2 bins, got {self.action_bins}")

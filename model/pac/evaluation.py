@@ -383,13 +383,14 @@ class NetworkPolicy:
         if k == 0:
             if self.cfg.greedy:
                 mcfg = self.net.cfg
-                return decode_greedy(logits, bins, mcfg.action_decode, mcfg.action_decode_k).cpu().numpy()
+                return decode_greedy(logits, bins, mcfg.action_decode, mcfg.action_decode_k,
+                                     mcfg.action_bin_mu).cpu().numpy()
             return bins_to_action(torch.from_numpy(sample_bins(logits, self.cfg.temperature, rngs, 1)[:, 0]),
-                                  bins).numpy()
+                                  bins, self.net.cfg.action_bin_mu).numpy()
         index = torch.from_numpy(sample_bins(logits, self.cfg.temperature, rngs, k)).to(logits.device)  # (N, K, A)
         if self.cfg.greedy:
             index = torch.cat([logits.argmax(-1)[:, None], index], dim=1)  # (N, 1+K, A)
-        candidates = bins_to_action(index, bins)  # (N, K', A)
+        candidates = bins_to_action(index, bins, self.net.cfg.action_bin_mu)  # (N, K', A)
         mask = torch.ones(candidates.shape[0], num_dims, dtype=torch.bool, device=candidates.device)
         best, _ = select_by_q(self.net, z, candidates, mask)
         return candidates[torch.arange(len(best), device=best.device), best].cpu().numpy()

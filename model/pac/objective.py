@@ -140,7 +140,8 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
     mask = batch.action_mask
     z = net.encode(batch.obs)  # (B, N, D)
     logits = net.policy_logits(z, a_dims)  # (B, A, bins)
-    targets = action_targets(batch.action, mcfg.action_bins, cfg.bc_target, cfg.bc_target_sigma)  # (B, A, bins)
+    targets = action_targets(batch.action, mcfg.action_bins, cfg.bc_target, cfg.bc_target_sigma,
+                             mcfg.action_bin_mu)  # (B, A, bins)
     bc_loss = cross_entropy(logits, targets, mask).mean()
     metrics: dict[str, torch.Tensor] = {"bc_nll": bc_loss.detach(),
                                         "entropy": entropy(logits, mask).mean().detach()}
@@ -162,7 +163,7 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
         # Bootstrapped target distribution Gamma_theta'(q | s_t, a_t): next actions from the target policy,
         # the mixture of their target value distributions, projected through R + gamma^n z.
         _, next_actions = sample_actions(target.policy_logits(z_next, a_dims), k, uniform_mix=cfg.uniform_mix,
-                                         generator=generator)
+                                         generator=generator, mu=mcfg.action_bin_mu)
         next_probs = F.softmax(target.q_logits(z_next, next_actions, mask).float(), -1).mean(1)  # (B, atoms)
         target_probs = categorical_projection(batch.reward.float(), batch.discount.float(), next_probs, support)
 
@@ -179,7 +180,8 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
         with torch.no_grad():
             # a' ~ pi_theta'(.|s_t), scored by the online critic Q_theta against the same state encoding.
             idx, sampled = sample_actions(target.policy_logits(z_now_target, a_dims), k,
-                                          uniform_mix=cfg.uniform_mix, generator=generator)
+                                          uniform_mix=cfg.uniform_mix, generator=generator,
+                                          mu=mcfg.action_bin_mu)
             q_sampled = expected_value(net.q_logits(z.detach(), sampled, mask), support)  # (B, K)
             w = improvement_weights(q_sampled, eta.detach())
         improve_loss = -(w * log_prob(logits, idx, mask)).sum(1).mean()

@@ -215,7 +215,7 @@ def greedy_actions(net: PerceiverActorCritic, config: Config, observations: Sequ
         latents = net.encode(obs.to(device))  # (B, N, D)
         logits = net.policy_logits(latents, max(o.num_action_dims for o in observations))  # (B, A, bins)
         normalised = decode_greedy(logits, config.model.action_bins, config.model.action_decode,
-                                   config.model.action_decode_k).cpu().numpy()  # (B, A)
+                                   config.model.action_decode_k, config.model.action_bin_mu).cpu().numpy()  # (B, A)
     actions = []
     for row, o in zip(normalised, observations, strict=True):
         action = row[: o.num_action_dims]

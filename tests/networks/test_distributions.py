@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pac.networks import action_targets, bins_to_action, cross_entropy, decode_greedy
+from pac.networks import action_targets, action_to_bins, bins_to_action, cross_entropy, decode_greedy
 
 BINS = 11  # centres -1.0, -0.8, ..., 1.0
 
@@ -51,3 +51,31 @@ def test_greedy_rules_decode_a_two_bin_distribution_differently() -> None:
     assert decode_greedy(logits, BINS, "topk", k=3).item() == pytest.approx(top, abs=1e-5)
     with pytest.raises(ValueError, match="unknown decoding rule 'median'"):
         decode_greedy(logits, BINS, "median")
+
+
+@pytest.mark.parametrize("mu", [0.0, 20.0, 255.0])
+def test_bins_round_trip_and_keep_the_bounds_and_zero(mu: float) -> None:
+    index = torch.arange(101)
+    centres = bins_to_action(index, 101, mu)
+    assert torch.equal(action_to_bins(centres, 101, mu), index)
+    assert centres[0] == -1 and centres[-1] == 1 and centres[50] == 0  # saturated and resting actions are exact
+    assert torch.all(centres[1:] > centres[:-1])
+
+
+def test_mu_law_bins_resolve_small_actions_a_uniform_bin_cannot() -> None:
+    small = torch.tensor([0.003, -0.007, 0.012])  # a balancing expert's typical actions (docs/learner.md)
+    uniform = bins_to_action(action_to_bins(small, 101), 101)
+    warped = bins_to_action(action_to_bins(small, 101, 20.0), 101, 20.0)
+    assert (uniform - small).abs().max() > 0.005  # 0.02-wide bins: 0.003 -> 0, 0.012 -> 0.02
+    assert (warped - small).abs().max() < 0.002
+    width = bins_to_action(torch.tensor([51]), 101, 20.0) - bins_to_action(torch.tensor([50]), 101, 20.0)
+    assert width < 0.02 / 5
+
+
+@pytest.mark.parametrize("kind", ["twohot", "hlgauss"])
+def test_smoothed_targets_decode_back_to_the_action_on_warped_bins(kind: str) -> None:
+    actions = torch.tensor([-0.5, -0.004, 0.0, 0.03, 0.9])
+    targets = action_targets(actions, 101, kind, 0.75, mu=20.0)
+    decoded = decode_greedy(torch.log(targets.clamp_min(1e-12)), 101, "mean", mu=20.0)
+    # the mean of the centres under a distribution centred (in warped units) on the action: close, not exact
+    assert torch.allclose(decoded, actions, atol=0.01 if kind == "hlgauss" else 0.03)

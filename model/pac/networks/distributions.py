@@ -1,10 +1,15 @@
 """Categorical action and value distributions: discretisation, log-probabilities, sampling.
 
 Actions are normalised to [-1, 1] (`pac.inputs.normalize_action`) and discretised per dimension
-into uniform bins; the policy factorises over action dimensions (PAC.md, "Ours").
+into bins; the policy factorises over action dimensions (PAC.md, "Ours"). The bins are uniform in
+`warp(a)`: with `mu` = 0 (the paper's layout) uniform in the action itself; with `mu` > 0 a mu-law that puts
+bins densely around 0 and sparsely towards the bounds (`model.action_bin_mu`; docs/learner.md: a balancing
+expert whose actions are mostly below a uniform bin's width).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -12,17 +17,33 @@ import torch.nn.functional as F
 from pac.config import ModelConfig
 
 
-def action_to_bins(actions: torch.Tensor, bins: int) -> torch.Tensor:
+def warp(actions: torch.Tensor, mu: float = 0.0) -> torch.Tensor:
+    """[-1, 1] -> [-1, 1], the space the bins are uniform in: identity (mu = 0) or mu-law."""
+    if not mu:
+        return actions
+    return torch.sign(actions) * torch.log1p(mu * actions.abs()) / math.log1p(mu)
+
+
+def unwarp(u: torch.Tensor, mu: float = 0.0) -> torch.Tensor:
+    """The inverse of `warp`."""
+    if not mu:
+        return u
+    a = torch.sign(u) * torch.expm1(u.abs() * math.log1p(mu)) / mu
+    return torch.where(u.abs() >= 1, torch.sign(u), a)  # the bounds exactly (a saturating expert's action)
+
+
+def action_to_bins(actions: torch.Tensor, bins: int, mu: float = 0.0) -> torch.Tensor:
     """Nearest bin index of each normalised action value: (...,) float -> (...,) int64."""
-    return torch.round((actions.clamp(-1, 1) + 1) * 0.5 * (bins - 1)).long()
+    return torch.round((warp(actions.float().clamp(-1, 1), mu) + 1) * 0.5 * (bins - 1)).long()
 
 
-def bins_to_action(index: torch.Tensor, bins: int) -> torch.Tensor:
+def bins_to_action(index: torch.Tensor, bins: int, mu: float = 0.0) -> torch.Tensor:
     """Bin centre in [-1, 1] of each bin index."""
-    return index.float() * (2.0 / (bins - 1)) - 1.0
+    return unwarp(index.float() * (2.0 / (bins - 1)) - 1.0, mu)
 
 
-def action_targets(actions: torch.Tensor, bins: int, kind: str = "onehot", sigma: float = 0.75) -> torch.Tensor:
+def action_targets(actions: torch.Tensor, bins: int, kind: str = "onehot", sigma: float = 0.75,
+                   mu: float = 0.0) -> torch.Tensor:
     """Target distribution over the bins of each normalised action value: (...,) -> (..., bins).
 
     * ``onehot``: all mass on the nearest bin (the plain categorical likelihood).
@@ -34,7 +55,7 @@ def action_targets(actions: torch.Tensor, bins: int, kind: str = "onehot", sigma
     Why: a continuous expert's action falls between bin centres and its neighbours are nearly as good; a
     one-hot target teaches each bin separately and says nothing about distance.
     """
-    x = (actions.float().clamp(-1, 1) + 1) * 0.5 * (bins - 1)  # (...,) in bin units
+    x = (warp(actions.float().clamp(-1, 1), mu) + 1) * 0.5 * (bins - 1)  # (...,) in bin units
     if kind == "onehot":
         return F.one_hot(torch.round(x).long(), bins).float()
     if kind == "twohot":
@@ -56,7 +77,8 @@ def cross_entropy(policy_logits: torch.Tensor, targets: torch.Tensor, action_mas
     return (-(targets * logp).sum(-1) * action_mask).sum(-1)
 
 
-def decode_greedy(policy_logits: torch.Tensor, bins: int, rule: str = "argmax", k: int = 5) -> torch.Tensor:
+def decode_greedy(policy_logits: torch.Tensor, bins: int, rule: str = "argmax", k: int = 5,
+                  mu: float = 0.0) -> torch.Tensor:
     """The deterministic action of the policy per dimension, normalised: (..., A, bins) -> (..., A).
 
     * ``argmax``: the centre of the most likely bin.
@@ -65,9 +87,9 @@ def decode_greedy(policy_logits: torch.Tensor, bins: int, rule: str = "argmax", 
     * ``topk``: the mean over the `k` bins around the most likely one (its neighbourhood), renormalised:
       as smooth as the mean near the mode, blind to far-away mass.
     """
-    centres = bins_to_action(torch.arange(bins, device=policy_logits.device), bins)  # (bins,)
+    centres = bins_to_action(torch.arange(bins, device=policy_logits.device), bins, mu)  # (bins,)
     if rule == "argmax":
-        return bins_to_action(policy_logits.argmax(-1), bins)
+        return bins_to_action(policy_logits.argmax(-1), bins, mu)
     probs = F.softmax(policy_logits.float(), dim=-1)  # (..., A, bins)
     if rule == "mean":
         return (probs * centres).sum(-1)
@@ -117,7 +139,7 @@ def entropy(policy_logits: torch.Tensor, action_mask: torch.Tensor) -> torch.Ten
 
 
 def sample_actions(policy_logits: torch.Tensor, num: int, *, temperature: float = 1.0, uniform_mix: float = 0.0,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   generator: torch.Generator | None = None, mu: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Draw `num` actions per state from the (tempered, optionally uniform-mixed) policy.
 
     Returns:
@@ -130,4 +152,4 @@ def sample_actions(policy_logits: torch.Tensor, num: int, *, temperature: float 
     flat = probs.reshape(b * a, bins)
     index = torch.multinomial(flat, num, replacement=True, generator=generator)  # (B*A, num)
     index = index.view(b, a, num).transpose(1, 2)  # (B, num, A)
-    return index, bins_to_action(index, bins)
+    return index, bins_to_action(index, bins, mu)
