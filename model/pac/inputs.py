@@ -62,7 +62,9 @@ def normalize_proprio(proprio: np.ndarray, stats: ProprioStats | None) -> np.nda
     if proprio.shape[-1] != len(mean):
         raise ValueError(f"state has {proprio.shape[-1]} dims; the model's statistics for this task have "
                          f"{len(mean)} (a different embodiment under the same task name?)")
-    return ((proprio - mean) / np.where(std < STD_MIN, 1.0, std)).astype(np.float32)
+    # float32 throughout: the loader, evaluation and the served model compute bit-identical inputs whatever dtype
+    # the caller's state came in (a float64 observation otherwise differed in the last bits and could flip a tie)
+    return (np.asarray(proprio, np.float32) - mean) / np.where(std < STD_MIN, np.float32(1.0), std)
 
 
 def task_stats(model: ModelConfig, task: str) -> ProprioStats | None:

@@ -101,3 +101,15 @@ def test_an_export_from_before_normalisation_loads_as_the_raw_state_network_it_i
         _, cfg = load_export(tmp_path)
     assert (cfg.model.proprio_encoder, cfg.model.proprio_norm) == ("scalar", "none")
     assert "predates state normalisation" in caplog.text
+
+
+def test_an_export_from_before_proprio_squash_keeps_reading_states_through_symlog(tmp_path: Path) -> None:
+    from pac.networks import build_model
+
+    cfg = Config.from_dict({"model": {"proprio_squash": "symlog"}})
+    save_export(build_model(cfg.model).state_dict(), cfg, tmp_path)
+    data = json.loads((tmp_path / CONFIG).read_text())
+    del data["model"]["proprio_squash"]  # what a config.json written before the option holds
+    (tmp_path / CONFIG).write_text(json.dumps(data))
+    _, loaded = load_export(tmp_path)
+    assert loaded.model.proprio_squash == "symlog"

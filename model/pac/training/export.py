@@ -69,14 +69,21 @@ def upgrade_legacy(data: dict[str, Any], source: str) -> dict[str, Any]:
 
     Such a config names neither `model.proprio_encoder` nor `model.proprio_norm`; its network has the
     per-scalar proprio encoder and was trained on raw states, so it is loaded that way (and says so) rather
-    than with today's defaults, which its weights do not fit.
+    than with today's defaults, which its weights do not fit. One written before `model.proprio_squash` existed
+    read its (standardised) states through symlog, and keeps doing so.
     """
     model = data.get("model")
-    if not isinstance(model, dict) or "proprio_norm" in model:
+    if not isinstance(model, dict):
+        return data
+    if "proprio_norm" in model and "proprio_squash" not in model:
+        # Written before model.proprio_squash existed: its network was trained on symlog-squashed states.
+        return {**data, "model": {**model, "proprio_squash": "symlog"}}
+    if "proprio_norm" in model:
         return data
     log.warning("%s predates state normalisation: it reads raw states through the per-scalar encoder, as it was "
                 "trained (retrain or finetune it to get per-task statistics)", source)
-    return {**data, "model": {**model, "proprio_encoder": "scalar", "proprio_norm": "none"}}
+    return {**data, "model": {**model, "proprio_encoder": "scalar", "proprio_norm": "none", "proprio_squash": "symlog",
+                              "action_decode": "argmax"}}
 
 
 def load_state_dict_checked(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str, preset: str) -> None:
