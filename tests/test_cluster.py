@@ -54,7 +54,8 @@ class FakeTrainer:
         state = self.state(name)
         if name not in self.jobs or state == "none":
             return []
-        phase = {"unschedulable": "Pending", "running": "Running", "complete": "Succeeded", "failed": "Failed"}[state]
+        phase = {"unschedulable": "Pending", "starting": "Running", "running": "Running", "complete": "Succeeded",
+                 "failed": "Failed"}[state]
         pod: dict[str, Any] = {"metadata": {"name": f"{name}-node-0-0-abcde", "namespace": NS},
                                "status": {"phase": phase, "conditions": []}}
         if state == "unschedulable":
@@ -122,6 +123,9 @@ def k8s(request: pytest.FixtureRequest) -> Iterator[tuple[FakeTrainer, Api]]:
             if url.path.startswith(f"/api/v1/namespaces/{NS}/pods/") and url.path.endswith("/log"):
                 name = url.path.split("/")[-2].split("-node-")[0]
                 assert query["timestamps"][0].lower() == "true"  # the client sends True; the API takes both
+                if fake.state(name) == "starting":  # what the API answers while the container is created
+                    return self.reply(400, {"kind": "Status", "code": 400, "reason": "BadRequest",
+                                            "message": 'container "node" is waiting to start: ContainerCreating'})
                 return self.reply(200, fake.log(name), "text/plain")
             self.not_found()
 

@@ -225,6 +225,8 @@ class _LogFollower:
         self.running = False
 
     def poll(self) -> None:
+        from kubernetes.client.exceptions import ApiException
+
         pods = self.api.core.list_namespaced_pod(self.ns, label_selector=f"{JOBSET_LABEL}={self.name}").items
         if not pods:
             return
@@ -236,7 +238,12 @@ class _LogFollower:
         if pod.metadata.name != self.pod:  # a new pod (the first, or a restarted one): its whole log
             self.pod, self.last = pod.metadata.name, None
         window = {} if self.last is None else {"since_seconds": self.window}
-        text = self.api.core.read_namespaced_pod_log(pod.metadata.name, self.ns, timestamps=True, **window)
+        try:
+            text = self.api.core.read_namespaced_pod_log(pod.metadata.name, self.ns, timestamps=True, **window)
+        except ApiException as e:  # the container is not up yet (400) or the pod just went (404): next poll
+            if e.status in (400, 404):
+                return
+            raise
         for raw in text.splitlines():
             stamp, _, line = raw.partition(" ")
             ts = _timestamp(stamp)
