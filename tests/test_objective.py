@@ -57,7 +57,7 @@ def test_bc_setting_is_exactly_the_behaviour_cloning_nll() -> None:
     torch.nn.init.normal_(net.policy.head.weight, std=0.1)
     batch = synthetic_transitions(cfg, 8)
     loss, metrics = pac_loss(net, None, Temperature(ObjectiveConfig()), batch,
-                             ObjectiveConfig(alpha=1.0, beta=0.0))
+                             ObjectiveConfig(alpha=1.0, beta=0.0, bc_target="onehot"))
     logits = net.policy_logits(net.encode(batch.obs), batch.action.shape[1])
     idx = action_to_bins(batch.action, cfg.action_bins)
     nll = -(F.log_softmax(logits, -1).gather(-1, idx[..., None])[..., 0] * batch.action_mask).sum(-1).mean()
@@ -160,7 +160,9 @@ def test_tiny_preset_overfits_a_tiny_batch(alpha: float, beta: float) -> None:
     cfg = model_config("tiny")
     net = build_model(cfg)
     target = copy.deepcopy(net)
-    obj = ObjectiveConfig(alpha=alpha, beta=beta, num_action_samples=8, polyak_tau=0.05)
+    # one-hot targets: the BC term is then the data's NLL, whose floor is 0 (a smoothed target's cross-entropy
+    # cannot fall below the target's own entropy)
+    obj = ObjectiveConfig(alpha=alpha, beta=beta, num_action_samples=8, polyak_tau=0.05, bc_target="onehot")
     temp = Temperature(obj)
     batch = synthetic_transitions(cfg, 16, discount=0.0)  # terminal: fixed critic targets to fit
     opt = torch.optim.Adam([*net.parameters(), *temp.parameters()], lr=1e-3)
