@@ -150,7 +150,9 @@ class PolicyInput(pydantic.BaseModel):
     """
 
     proprio: list[float]  # proprioceptive state vector, any length up to model.max_proprio_dims
-    instruction: str | None = None  # task instruction (the language modality); None or "" for none
+    # task instruction (the language modality); None: the registered task's own (what training and evaluation
+    # feed), "" for none
+    instruction: str | None = None
     task: str | None = None  # task id, e.g. "point_mass/easy": picks the state normalisation the model trained with
     action_dims: int | None = None
     action_low: list[float] | None = None
@@ -182,6 +184,20 @@ class PolicyInput(pydantic.BaseModel):
         return self.action_dims if self.action_dims is not None else len(self.action_low or [])
 
 
+def _instruction(o: PolicyInput) -> str:
+    """The observation's instruction; when it gives none, its registered task's (the one the model trained with)."""
+    if o.instruction is not None:
+        return o.instruction
+    if o.task:
+        from pac.envs.registry import UnknownTaskError, get_task
+
+        try:
+            return get_task(o.task).instruction
+        except UnknownTaskError:
+            return ""
+    return ""
+
+
 def greedy_actions(net: PerceiverActorCritic, config: Config, observations: Sequence[PolicyInput]) -> list[list[float]]:
     """The greedy action of each observation (`model.action_decode`), denormalised where bounds are given.
 
@@ -208,8 +224,8 @@ def greedy_actions(net: PerceiverActorCritic, config: Config, observations: Sequ
                          f"(trained on {', '.join(sorted(known))})")
     proprio = [normalize_proprio(np.asarray(o.proprio, dtype=np.float32), task_stats(config.model, o.task or ""))
                for o in observations]
-    obs = Observation.from_numpy(proprio,
-                                 [o.instruction or "" for o in observations], config.model.max_text_tokens, images)
+    obs = Observation.from_numpy(proprio, [_instruction(o) for o in observations], config.model.max_text_tokens,
+                                 images)
     device = next(net.parameters()).device
     with torch.inference_mode():
         latents = net.encode(obs.to(device))  # (B, N, D)

@@ -40,7 +40,10 @@ def test_training_on_generated_data_fits_the_expert_actions(tmp_path: Path) -> N
         "preset": "tiny", "storage": {"root": str(tmp_path / "store")},
         "generate": {"tasks": ["cartpole/balance"], "episodes_per_policy": 3, "episode_steps": 60,
                      "qualities": ["expert", "noisy"]},
-        "objective": {"alpha": 1.0, "beta": 1.0, "num_action_samples": 4},  # BC+Q: the expert data dominates
+        # BC+Q: the expert data dominates. One-hot targets: the BC term is then the data's NLL, whose floor is 0 and
+        # against which the thresholds below are set (a smoothed target's cross-entropy stops at its own entropy;
+        # the default head's learning is tests/training/test_imitation.py's closed-loop check)
+        "objective": {"alpha": 1.0, "beta": 1.0, "num_action_samples": 4, "bc_target": "onehot"},
         "train": {"steps": 150, "global_batch_size": 32, "micro_batch_size": 32, "lr": 1e-3, "warmup_steps": 10,
                   "output": str(tmp_path / "run"), "log_every": 50},
         "tracking": {"enabled": False},
