@@ -129,7 +129,10 @@ def evaluate_all(export: str, floor: MlpFloor | None, tasks: Sequence[str],
 
 
 class MlpFloor:
-    """The floor: a plain-torch 2x256 MLP with the same 101-bin categorical head, BC on the same batches.
+    """The floor: a plain-torch 2x256 MLP with the same categorical head, BC on the same batches.
+
+    Same head means the same bins, the same BC targets (`objective.bc_target`) and the same greedy decoding
+    (`model.action_decode`) as the PAC run, so a change of head moves both and only the network differs.
 
     Input: the padded, standardised state, its mask and a one-hot of the task's instruction (PAC reads the
     instruction as text). Same loader, steps, batch and learning rate as the PAC run, so only the network differs.
@@ -162,10 +165,9 @@ class MlpFloor:
 
     def fit(self, steps: int) -> float:
         import torch
-        import torch.nn.functional as F
         from pac.data.loader import build_loader
         from pac.inputs import tokenize
-        from pac.networks import action_to_bins
+        from pac.networks import action_targets, cross_entropy
 
         ids, _ = tokenize(self.instructions, self.cfg.model.max_text_tokens)
         rows = {tuple(r): i for i, r in enumerate(ids.tolist())}
@@ -177,9 +179,9 @@ class MlpFloor:
             task = torch.tensor([rows[tuple(r)] for r in batch.obs.text.tolist()])
             logits = self.logits(self.features(batch.obs.proprio, batch.obs.proprio_mask, task))
             a = batch.action.shape[1]
-            target = action_to_bins(batch.action, self.cfg.model.action_bins, self.cfg.model.action_bin_mu)  # (B, A)
-            nll = F.cross_entropy(logits[:, :a].flatten(0, 1), target.flatten(), reduction="none")
-            loss = (nll * batch.action_mask.flatten()).sum() / batch.action_mask.sum()
+            m, o = self.cfg.model, self.cfg.objective
+            targets = action_targets(batch.action, m.action_bins, o.bc_target, o.bc_target_sigma, m.action_bin_mu)
+            loss = cross_entropy(logits[:, :a], targets, batch.action_mask).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -194,7 +196,7 @@ class MlpFloor:
     def act(self, slots: Sequence[int], envs: Sequence[Any], obs: Sequence[Any]) -> Any:
         import torch
         from pac.inputs import denormalize_action, normalize_proprio, pad_rows, task_stats
-        from pac.networks import bins_to_action
+        from pac.networks import decode_greedy
 
         proprio = [normalize_proprio(o["proprio"], task_stats(self.cfg.model, e.spec.id)) for o, e in zip(obs, envs)]
         p, pm = pad_rows(proprio)
@@ -202,8 +204,9 @@ class MlpFloor:
         with torch.no_grad():
             logits = self.logits(self.features(torch.from_numpy(p), torch.from_numpy(pm), task))
         a = envs[0].action_dim
-        actions = bins_to_action(logits[:, :a].argmax(-1), self.cfg.model.action_bins,
-                                     self.cfg.model.action_bin_mu).numpy()
+        m = self.cfg.model
+        actions = decode_greedy(logits[:, :a], m.action_bins, m.action_decode, m.action_decode_k,
+                                m.action_bin_mu).numpy()
         return np.stack([denormalize_action(x, e.action_low, e.action_high) for x, e in zip(actions, envs)])
 
 

@@ -139,6 +139,23 @@ def test_sampled_episodes_do_not_depend_on_batching() -> None:
     assert np.std(np.concatenate([e.actions for e in one.episodes])) > 0.1
 
 
+@pytest.mark.parametrize("greedy", [True, False])
+def test_episodes_are_the_same_whether_environments_step_in_workers_or_here(greedy: bool) -> None:
+    """Same seeds, same episodes, action for action, with the environments in 2 worker processes or in-process
+    (and the random baseline, which also steps in workers)."""
+    net = tiny_net()
+    runs = {}
+    for workers in (0, 2):
+        cfg = EvalConfig(episodes=5, num_envs=3, episode_steps=40, greedy=greedy, video=False, env_workers=workers)
+        runs[workers] = [rollout(source, "reacher/easy", cfg, record=True, progress=False)
+                         for source in (NetworkPolicy(net, cfg), random_source())]
+    for here, there in zip(runs[0], runs[2], strict=True):
+        assert here.returns.tolist() == there.returns.tolist()
+        for a, b in zip(here.episodes, there.episodes, strict=True):
+            np.testing.assert_array_equal(a.actions, b.actions)
+            np.testing.assert_array_equal(a.proprio, b.proprio)
+
+
 def test_network_policy_restores_training_mode() -> None:
     net = tiny_net().train()
     cfg = EvalConfig(episodes=1, num_envs=1, episode_steps=3, video=False)
@@ -296,7 +313,10 @@ def test_gif_fallback_without_ffmpeg(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 @pytest.fixture
 def no_gl(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every new camera fails the way dm_control does without an OpenGL platform."""
+    """Every new camera fails the way dm_control does without an OpenGL platform.
+
+    In this process only: tests using it step their environments here (`env_workers=0`).
+    """
     import dm_control.mujoco  # only here: pac.envs must pick the GL backend before dm_control is first imported
 
     def fail(*args: object, **kwargs: object) -> None:
@@ -419,10 +439,11 @@ def test_cli_bad_input_is_a_message(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["evaluate", "--model", str(tmp_path / "missing"), "--output", out, *FAST]) == 1
     assert "missing" in capsys.readouterr().err
 
-    # no_gl: rendering is unavailable, so videos fail with the hint, unless turned off.
-    assert main(["evaluate", "--model", str(export), "--output", out, *FAST]) == 1
+    # no_gl (in this process: the environments step here): videos fail with the hint, unless turned off.
+    here = [*FAST, "--eval.env_workers", "0"]
+    assert main(["evaluate", "--model", str(export), "--output", out, *here]) == 1
     assert "MUJOCO_GL=egl" in capsys.readouterr().err
-    assert main(["evaluate", "--model", str(export), "--output", out, "--eval.video", "false", *FAST]) == 0
+    assert main(["evaluate", "--model", str(export), "--output", out, "--eval.video", "false", *here]) == 0
 
 
 def test_training_eval_hook(tmp_path: Path) -> None:

@@ -312,6 +312,11 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=list)  # empty: the tasks the model was trained on
     episodes: int = 4  # per task
     num_envs: int = 4  # environments stepped together per task (batched inference)
+    # processes stepping them side by side (-1: one per core; 0: in the evaluating process). 0 by default: on
+    # the measured suite tasks a control step costs less than the round trip to a worker (docs/benchmarks.md).
+    # Sources that read the simulator (the scripted experts) always step in-process. Results do not depend on it.
+    env_workers: int = 0
+    env_timeout_s: float = 300.0  # an environment worker silent this long fails the rollout (hung physics)
     episode_steps: int = 250
     greedy: bool = True  # argmax bins; False samples with `temperature`
     temperature: float = 1.0
@@ -328,6 +333,8 @@ class EvalConfig:
         for name in ("episodes", "num_envs", "episode_steps"):
             _check(getattr(self, name) >= 1, f"eval.{name}", f"must be >= 1, got {getattr(self, name)}")
         _check(self.temperature > 0, "eval.temperature", f"must be > 0, got {self.temperature}")
+        _check(self.env_workers >= -1, "eval.env_workers", f"must be >= -1 (-1: one per core), got {self.env_workers}")
+        _check(self.env_timeout_s > 0, "eval.env_timeout_s", f"must be > 0, got {self.env_timeout_s}")
         _check(self.q_select_samples >= 0, "eval.q_select_samples", f"must be >= 0, got {self.q_select_samples}")
         _check(0.0 <= self.epsilon <= 1.0, "eval.epsilon", f"must be in [0, 1], got {self.epsilon}")
         _check(self.vision in ("auto", "always", "never"), "eval.vision",

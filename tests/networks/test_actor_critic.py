@@ -65,6 +65,29 @@ def test_mixed_embodiments_in_one_batch_match_their_single_sample_outputs(net) -
         torch.testing.assert_close(out.q_logits[i], ref.q_logits[0], atol=1e-4, rtol=1e-4)
 
 
+def test_shared_instructions_encode_and_train_as_if_each_sample_were_alone() -> None:
+    """The encoder computes an instruction's tokens once per distinct instruction in the batch: each sample's
+    latents and each parameter's gradient must equal those of the samples encoded one at a time."""
+    torch.manual_seed(1)
+    net = build_model(CFG)
+    texts = ["reach", "balance the pole", "reach", "reach the target", "", "balance the pole"]
+    rng = np.random.default_rng(0)
+    proprio = [rng.normal(size=4).astype(np.float32) for _ in texts]
+    batch = Observation.from_numpy(proprio, texts, CFG.max_text_tokens)
+    batch.text[0, 5:] = 7  # ids under padding must not split an instruction from its copies
+    z = net.encode(batch)
+    z.square().sum().backward()
+    shared = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    net.zero_grad()
+    for i, (p, t) in enumerate(zip(proprio, texts, strict=True)):
+        zi = net.encode(Observation.from_numpy([p], [t], CFG.max_text_tokens))
+        torch.testing.assert_close(z[i], zi[0], atol=1e-5, rtol=1e-5)
+        zi.square().sum().backward()
+    for n, p in net.named_parameters():
+        if n in shared:
+            torch.testing.assert_close(shared[n], p.grad, atol=1e-4, rtol=1e-4, msg=n)
+
+
 def test_masked_action_dimensions_do_not_change_q(net) -> None:
     for p in net.q.parameters():
         torch.nn.init.normal_(p, std=0.05) if p.dim() > 1 else None

@@ -39,22 +39,39 @@ class PerceiverEncoder(nn.Module):
     def forward(self, obs: Observation) -> torch.Tensor:
         b = obs.batch_size
         _check_finite(obs)
-        parts = [self.proprio(obs.proprio, obs.proprio_mask), self.language(obs.text, obs.text_mask)]
+        device = obs.proprio.device
+        read = self.read
+        types = self.modality(torch.arange(4, device=device))  # (4, D)
+        proprio, proprio_mask = self.proprio(obs.proprio, obs.proprio_mask)
+        # Every sample of a task carries the same instruction, most of the input tokens (48 bytes against a
+        # handful of state values): its keys and values are computed once per distinct instruction in the
+        # batch and shared. Exact: layer norm and projection act on each token alone.
+        text, text_mask, inverse = _distinct_rows(obs.text, obs.text_mask)
+        language, language_mask = self.language(text, text_mask)
+        # index_select, not x[inverse]: its backward is index_add_, indexing's is a serial scatter on CPU.
+        kv = [read.keys_values(proprio + types[0]), read.keys_values(language + types[1]).index_select(0, inverse)]
+        masks = [proprio_mask, language_mask.index_select(0, inverse)]
         if obs.image is not None:
             present = obs.image_mask if obs.image_mask is not None else torch.ones(
                 b, dtype=torch.bool, device=obs.image.device)
-            parts.append(self.vision(obs.image, present))
-        device = obs.proprio.device
-        types = self.modality(torch.arange(4, device=device))  # (4, D)
-        tokens = [t + types[i] for i, (t, _) in enumerate(parts)]
-        tokens.append(types[3].expand(b, 1, -1))  # the always-valid token
-        masks = [m for _, m in parts] + [torch.ones(b, 1, dtype=torch.bool, device=device)]
-        e = torch.cat(tokens, dim=1)  # (B, L, D)
-        z = self.latents(torch.arange(self.num_latents, device=device)).expand(b, -1, -1)  # (B, N, D)
-        z = self.read(z, e, torch.cat(masks, dim=1))
+            image, image_mask = self.vision(obs.image, present)
+            kv.append(read.keys_values(image + types[2]))
+            masks.append(image_mask)
+        kv.append(read.keys_values(types[3:4]).expand(b, 1, -1))  # the always-valid token
+        masks.append(torch.ones(b, 1, dtype=torch.bool, device=device))
+        # z_0 is the same for every sample: its queries are computed once and read B contexts.
+        z0 = self.latents(torch.arange(self.num_latents, device=device))[None]  # (1, N, D)
+        z = read(z0, key_mask=torch.cat(masks, dim=1), kv=torch.cat(kv, dim=1))  # (B, N, D)
         for block in self.blocks:
             z = block(z)
         return z  # (B, N, D)
+
+
+def _distinct_rows(text: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The distinct (token, mask) rows of a batch and each sample's row: (U, L), (U, L), (B,)."""
+    key = torch.where(mask, text, -1)  # padding compares equal whatever id it holds
+    rows, inverse = torch.unique(key, dim=0, return_inverse=True)
+    return rows.clamp_min(0), rows >= 0, inverse
 
 
 @dataclass

@@ -20,7 +20,11 @@ class MLP(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head attention from queries x onto context c, with an optional key mask."""
+    """Multi-head attention from queries x onto a context's keys and values, with an optional key mask.
+
+    The context enters as `kv = attn.kv(context)`, (B, Lk, 2D): projected per token, so a caller can project
+    the tokens many samples share once (`PerceiverEncoder`). Queries of batch 1 are shared by all B samples.
+    """
 
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -29,12 +33,12 @@ class Attention(nn.Module):
         self.kv = Linear(dim, 2 * dim)
         self.out = Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, lq, d = x.shape
-        lk = c.shape[1]
+    def forward(self, x: torch.Tensor, kv: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, lk = kv.shape[:2]
+        lq, d = x.shape[1:]
         h = self.heads
-        q = self.q(x).view(b, lq, h, d // h).transpose(1, 2)  # (B, H, Lq, Dh)
-        k, v = self.kv(c).view(b, lk, 2, h, d // h).permute(2, 0, 3, 1, 4)  # 2 x (B, H, Lk, Dh)
+        q = self.q(x).view(-1, lq, h, d // h).transpose(1, 2).expand(b, -1, -1, -1)  # (B, H, Lq, Dh)
+        k, v = kv.view(b, lk, 2, h, d // h).permute(2, 0, 3, 1, 4)  # 2 x (B, H, Lk, Dh)
         mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, Lk), True = attend
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, Lq, Dh)
         return self.out(y.transpose(1, 2).reshape(b, lq, d))
@@ -51,8 +55,18 @@ class CrossAttentionBlock(nn.Module):
         self.norm_mlp = nn.LayerNorm(dim)
         self.mlp = MLP(dim, mlp_ratio)
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm_q(x), self.norm_c(c), key_mask)
+    def keys_values(self, c: torch.Tensor) -> torch.Tensor:
+        """The context's keys and values, (..., L, D) -> (..., L, 2D); per token, as `forward` computes them."""
+        return self.attn.kv(self.norm_c(c))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor | None = None, key_mask: torch.Tensor | None = None,
+                kv: torch.Tensor | None = None) -> torch.Tensor:
+        """Queries x (B or 1, Lq, D) read the context c (B, Lk, D), or its `keys_values` given as `kv`."""
+        if kv is None:
+            if c is None:
+                raise ValueError("a cross-attention block needs its context c or the context's kv")
+            kv = self.keys_values(c)
+        x = x + self.attn(self.norm_q(x), kv, key_mask)
         return x + self.mlp(self.norm_mlp(x))
 
 
@@ -68,5 +82,5 @@ class SelfAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
-        x = x + self.attn(h, h)
+        x = x + self.attn(h, self.attn.kv(h))
         return x + self.mlp(self.norm_mlp(x))
