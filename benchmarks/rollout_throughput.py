@@ -6,7 +6,8 @@ For each task this measures, one after another and `--repeats` times (the median
   with dm_control's observation handling, nothing else (the issue's "raw MuJoCo steps/s");
 * `random`: the uniform random policy through `pac.evaluation.rollout` (seeding, bookkeeping);
 * `policy`: a `tiny`-preset `NetworkPolicy` (greedy, untrained: the forward pass costs the same) through
-  `rollout`;
+  `rollout`, its forward on one intra-op thread (`eval.policy_threads 1`, the default) and on torch's own
+  setting (`policy (N threads)`);
 * `random+camera`: the random policy with the task camera rendered into every observation (a vision plan:
   the most expensive environment step the product runs),
 
@@ -22,6 +23,7 @@ Prints a Markdown table (and `--json` the raw numbers): steps/s and the ratio to
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -88,9 +90,12 @@ def main(argv: list[str] | None = None) -> None:
             for workers in (0, -1):
                 cfg = EvalConfig(episodes=args.episodes, num_envs=n, episode_steps=args.steps, video=False,
                                  env_workers=workers)
+                torch_threads = dataclasses.replace(cfg, policy_threads=0)
                 variants.append(("random", n, workers, lambda c=cfg, task=task: rollout_rate(
                     lambda _: random_source(), task, c)))
                 variants.append(("policy", n, workers, lambda c=cfg, task=task: rollout_rate(policy, task, c)))
+                variants.append((f"policy ({torch.get_num_threads()} threads)", n, workers,
+                                 lambda c=torch_threads, task=task: rollout_rate(policy, task, c)))
                 camera = TaskPlan(get_task(task), vision=True)
                 variants.append(("random+camera", n, workers, lambda c=cfg, plan=camera: rollout_rate(
                     lambda _: random_source(), plan, c)))

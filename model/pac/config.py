@@ -317,6 +317,10 @@ class EvalConfig:
     # Sources that read the simulator (the scripted experts) always step in-process. Results do not depend on it.
     env_workers: int = 0
     env_timeout_s: float = 300.0  # an environment worker silent this long fails the rollout (hung physics)
+    # intra-op threads of the policy's forward during a rollout (0: leave torch's setting). A step's batch is a
+    # few observations: a second thread only adds hand-offs (tiny preset, 4 envs: 487 -> 1,333 steps/s with one
+    # thread under OMP_WAIT_POLICY=PASSIVE; docs/benchmarks.md)
+    policy_threads: int = 1
     episode_steps: int = 250
     greedy: bool = True  # argmax bins; False samples with `temperature`
     temperature: float = 1.0
@@ -335,6 +339,7 @@ class EvalConfig:
         _check(self.temperature > 0, "eval.temperature", f"must be > 0, got {self.temperature}")
         _check(self.env_workers >= -1, "eval.env_workers", f"must be >= -1 (-1: one per core), got {self.env_workers}")
         _check(self.env_timeout_s > 0, "eval.env_timeout_s", f"must be > 0, got {self.env_timeout_s}")
+        _check(self.policy_threads >= 0, "eval.policy_threads", f"must be >= 0, got {self.policy_threads}")
         _check(self.q_select_samples >= 0, "eval.q_select_samples", f"must be >= 0, got {self.q_select_samples}")
         _check(0.0 <= self.epsilon <= 1.0, "eval.epsilon", f"must be in [0, 1], got {self.epsilon}")
         _check(self.vision in ("auto", "always", "never"), "eval.vision",

@@ -11,7 +11,7 @@ import pytest
 import torch
 from pac.config import Config
 from pac.data.generate import generate_episodes
-from pac.inputs import Observation, normalize_action, normalize_proprio, task_stats
+from pac.inputs import Observation, Transition, normalize_action, normalize_proprio, task_stats
 from pac.networks import action_to_bins, build_model, log_prob
 from pac.tracking import load_policy
 from pac.training.loop import train
@@ -103,3 +103,27 @@ def test_an_export_records_a_learned_eta_within_the_configs_bounds() -> None:
     assert exported_config(cfg, 12.5).objective.eta == 12.5
     bc = Config.from_dict({"preset": "tiny", "objective": {"alpha": 1.0}})
     assert exported_config(bc, 3.0).objective.eta == bc.objective.eta  # BC's eta never moved: its own value
+
+
+def test_a_diverged_loss_stops_training_at_the_logging_interval_naming_the_step(tmp_path: Path) -> None:
+    from pac.data.synthetic import SyntheticSource
+    from pac.training.loop import TrainingDiverged
+
+    class Poisoned(SyntheticSource):
+        """Batch 2 (the third step's) carries a NaN action, as a diverging network would produce a NaN loss
+        (a dataset cannot: ingestion refuses non-finite values)."""
+
+        def batch(self, step: int) -> Transition:
+            b = super().batch(step)
+            if step == 2:
+                b.action[0, 0] = float("nan")
+            return b
+
+    cfg = Config.from_dict({
+        "preset": "tiny", "objective": {"alpha": 1.0, "beta": 0.0},
+        "train": {"steps": 6, "global_batch_size": 8, "micro_batch_size": 8, "log_every": 2,
+                  "checkpoint_every": 100, "output": str(tmp_path / "run")},
+        "tracking": {"enabled": False},
+    })
+    with pytest.raises(TrainingDiverged, match=r"^step 3: loss nan"):
+        train(cfg, source=Poisoned(cfg.model, 8))

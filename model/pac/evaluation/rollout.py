@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from pac.config import EvalConfig
@@ -149,6 +150,9 @@ def iter_rollout(source: ActionSource, plan: TaskPlan | str, cfg: EvalConfig, *,
                    image_size=plan.image_size, workers=env_workers(cfg, source, n_envs), timeout_s=cfg.env_timeout_s)
     envs = pool.envs
     bar = tqdm(total=cfg.episodes, desc=desc or spec.id, unit="ep", disable=not progress, leave=False)
+    threads = torch.get_num_threads()
+    if cfg.policy_threads:
+        torch.set_num_threads(cfg.policy_threads)
     try:
         if video_ok:
             real_fps = 1.0 / envs[0].control_timestep
@@ -189,6 +193,7 @@ def iter_rollout(source: ActionSource, plan: TaskPlan | str, cfg: EvalConfig, *,
                     if next_index < cfg.episodes:
                         begin(slot)
     finally:
+        torch.set_num_threads(threads)
         bar.close()
         pool.close()
 

@@ -52,6 +52,10 @@ class BatchSource(Protocol):
 EvalHook = Callable[[PerceiverActorCritic, int], dict[str, float]]
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite (the message names the first such step)."""
+
+
 @dataclass
 class TrainResult:
     steps: int  # global steps completed
@@ -181,7 +185,7 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
 
     preemption = _Preemption()
     history: list[dict[str, float]] = []
-    step, saved_at = start, start
+    step, saved_at, checked = start, start, 0
     t_last, n_last = time.perf_counter(), start
     try:
         while step < cfg.train.steps and not preemption.requested:
@@ -197,6 +201,11 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
                            tokens_per_s=cfg.train.global_batch_size * sample_tokens / dt,
                            mfu=flops_per_step / dt / peak)
             history.append(metrics)
+            if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                # Every rank checks (the gradient norm is global, so all of them stop together), once per
+                # logging interval rather than with a host sync in every step.
+                _check_finite(history, checked, start)
+                checked = len(history)
             if world.is_main and (step % cfg.train.log_every == 0 or step == cfg.train.steps or step == start + 1):
                 # The interval's mean, once per `log_every` steps: a synchronous MLflow call per step cost more
                 # than a tiny preset's step, and the mean is a smoother curve than every step's sample.
@@ -271,6 +280,17 @@ def _flops_per_step(cfg: Config, batch: Transition, gas: int) -> float:
         loss.backward()
 
     return float(count_flops(fwd_bwd) * gas)
+
+
+def _check_finite(history: list[dict[str, float]], checked: int, start: int) -> None:
+    """Raise `TrainingDiverged` naming the first step since `history[checked]` whose loss or gradient norm
+    is not finite (`history[i]` is step `start + i + 1`)."""
+    for i in range(checked, len(history)):
+        bad = {k: history[i][k] for k in ("loss", "grad_norm") if not math.isfinite(history[i].get(k, 0.0))}
+        if bad:
+            values = ", ".join(f"{k} {v}" for k, v in bad.items())
+            raise TrainingDiverged(f"step {start + i + 1}: {values}: the training diverged (lower train.lr, check "
+                                   "the data's rewards and states, or resume from an earlier checkpoint)")
 
 
 def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
