@@ -127,3 +127,56 @@ def test_a_diverged_loss_stops_training_at_the_logging_interval_naming_the_step(
     })
     with pytest.raises(TrainingDiverged, match=r"^step 3: loss nan"):
         train(cfg, source=Poisoned(cfg.model, 8))
+
+
+class Bandit:
+    """One state and a 1-D action. 80% of the data take a = -0.6 (reward 0), 20% take a = +0.6 (reward 1);
+    every episode is one step long. Behaviour cloning copies the frequent, worse action."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+
+    def batch(self, step: int) -> Transition:
+        rng = np.random.default_rng(step)
+        good = rng.random(self.batch_size) < 0.2
+        action = np.where(good, 0.6, -0.6)[:, None] + rng.normal(0, 0.02, (self.batch_size, 1))
+        obs = Observation.from_numpy([np.zeros(3, np.float32)] * self.batch_size, ["choose"] * self.batch_size, 48)
+        return Transition(obs, torch.from_numpy(action.astype(np.float32)), torch.ones(self.batch_size, 1, dtype=bool),
+                          torch.from_numpy(good.astype(np.float32)), torch.zeros(self.batch_size), obs)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def test_pac_acts_on_the_better_action_where_the_data_mostly_takes_the_worse_one(tmp_path: Path) -> None:
+    """The property the mixed-quality benchmark depends on (issue 17), on a bandit: with the default objective
+    the critic ranks the two actions, and acting greedily with Q-based selection among sampled actions
+    (`eval.q_select_samples`) takes the better one. The policy alone stays on the data's mode: the objective's
+    fixed point is alpha * data + (1 - alpha) * improved, 0.6 of its mass on the frequent action at alpha 0.75."""
+    from types import SimpleNamespace
+
+    from pac.config import EvalConfig
+    from pac.envs.pool import RemoteEnv
+    from pac.evaluation import NetworkPolicy
+    from pac.networks import expected_value, value_support
+
+    cfg = Config.from_dict({"preset": "tiny", "tracking": {"enabled": False},
+                            "train": {"steps": 300, "global_batch_size": 64, "micro_batch_size": 64,
+                                      "log_every": 100, "checkpoint_every": 10**6, "output": str(tmp_path / "run")}})
+    net, _ = load_model(train(cfg, source=Bandit(64)).export_uri, cfg)
+    obs = Bandit(1).batch(0).obs
+    with torch.no_grad():
+        q = expected_value(net.q_logits(net.encode(obs), torch.tensor([[[-0.6], [0.6]]]), torch.ones(1, 1, dtype=bool)),
+                           value_support(net.cfg))[0]
+    assert q[1] > q[0] + 0.5, q
+    env = RemoteEnv(SimpleNamespace(id="bandit", instruction="choose"), np.array([-1.0], np.float32),
+                    np.array([1.0], np.float32), 1.0, 3)
+    policy = NetworkPolicy(net, EvalConfig(q_select_samples=16))
+    actions = []
+    for seed in range(20):
+        policy.start(0, env, seed)
+        actions.append(policy.act([0], [env], [{"proprio": np.zeros(3, np.float32), "image": None}])[0, 0])
+    assert np.mean(np.array(actions) > 0.3) >= 0.9, actions

@@ -51,7 +51,31 @@ def load_dm_env(spec: TaskSpec, seed: int) -> Any:
                                                strip_singleton_obs_buffer_dim=True)
 
 
-class Env:
+class TaskActions:
+    """What a batched policy reads of an environment: its task and action bounds (and what follows from them).
+
+    `Env` and the worker-process stand-in `pac.envs.pool.RemoteEnv` share it, so both answer alike.
+    """
+
+    spec: TaskSpec
+    action_low: np.ndarray  # (A,) float32
+    action_high: np.ndarray  # (A,) float32
+
+    @property
+    def instruction(self) -> str:
+        """The natural-language task description fed to the language encoder."""
+        return self.spec.instruction
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.action_low.shape[0])
+
+    def clip(self, action: np.ndarray) -> np.ndarray:
+        """`action` clipped to the bounds, float32: exactly what `Env.step` executes."""
+        return np.clip(np.asarray(action, np.float32), self.action_low, self.action_high)
+
+
+class Env(TaskActions):
     """A registered task with a control-step time limit and optional camera observations.
 
     Attributes:
@@ -88,15 +112,6 @@ class Env:
         self._cameras: dict[tuple[int, int], FastCamera] = {}
         self._t = 0
         self._done = True
-
-    @property
-    def instruction(self) -> str:
-        """The natural-language task description fed to the language encoder."""
-        return self.spec.instruction
-
-    @property
-    def action_dim(self) -> int:
-        return int(self.action_low.shape[0])
 
     @property
     def t(self) -> int:
@@ -148,10 +163,6 @@ class Env:
         self._done = terminal or self._t >= self.episode_steps
         discount = float(ts.discount) if terminal else 1.0
         return self._obs(ts.observation), float(ts.reward), discount, self._done
-
-    def clip(self, action: np.ndarray) -> np.ndarray:
-        """`action` clipped to the bounds, float32: exactly what `step` executes."""
-        return np.clip(np.asarray(action, np.float32), self.action_low, self.action_high)
 
     def render(self, height: int | None = None, width: int | None = None) -> np.ndarray:
         """An RGB frame (H, W, 3) uint8 of the current state from the task camera (videos use larger sizes).

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from pac.config import IMAGE_SIZE
-from pac.envs.env import Env, Obs, make_env
+from pac.envs.env import Env, Obs, TaskActions, make_env
 from pac.envs.registry import TaskSpec, get_task
 from pac.envs.rendering import RenderingUnavailable
 
@@ -48,7 +48,7 @@ class EnvWorkerError(RuntimeError):
 
 
 @dataclasses.dataclass
-class RemoteEnv:
+class RemoteEnv(TaskActions):
     """What a batched policy and the rollout see of an environment that lives in a worker process."""
 
     spec: TaskSpec
@@ -56,19 +56,7 @@ class RemoteEnv:
     action_high: np.ndarray
     control_timestep: float
     proprio_dim: int
-    t: int = 0
-
-    @property
-    def instruction(self) -> str:
-        return self.spec.instruction
-
-    @property
-    def action_dim(self) -> int:
-        return int(self.action_low.shape[0])
-
-    def clip(self, action: np.ndarray) -> np.ndarray:
-        """As `Env.clip`: what the worker's `Env.step` executes."""
-        return np.clip(np.asarray(action, np.float32), self.action_low, self.action_high)
+    t: int = 0  # control steps of the current episode, counted by the pool
 
 
 def _worker(conn: Connection, task: str, seeds: list[int], episode_steps: int, vision: bool,
