@@ -58,10 +58,7 @@ def test_training_on_generated_data_fits_the_expert_actions(tmp_path: Path) -> N
     trained, _ = load_model(result.export_uri, cfg)
     after = expert_log_likelihood(trained, cfg)
     assert before == pytest.approx(-np.log(cfg.model.action_bins), rel=1e-3)  # uniform start
-    # Held out, 150 steps: +0.7 to +1.4 nats over the uniform start across float-level differences in the
-    # trajectory (the same test after a ZeRO-3 engine in this process, whose zero.Init replaces F.linear
-    # process-wide, learns +0.7); an untrained or broken learner stays at 0.
-    assert after > before + 0.5, (before, after)
+    assert after > before + 1.0, (before, after)
 
 
 @pytest.mark.mlflow

@@ -117,7 +117,8 @@ class EnvPool:
                            for s in seeds]
             self.envs: list[Env | RemoteEnv] = list(self._local)
             return
-        # spawn-based workers: a forked MuJoCo/OpenGL/OpenMP runtime is not safe to reuse (pac.data.generate).
+        # forkserver: workers fork from a clean server process with pac.envs imported once, never from this
+        # process, whose MuJoCo/OpenGL/OpenMP runtime is not safe to reuse in a fork (as in pac.data.generate).
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["pac.envs"])
         try:
