@@ -111,7 +111,7 @@ def evaluate_all(export: str, floor: MlpFloor | None, tasks: Sequence[str],
     net, _ = load_policy_model(export)
     cfg = EvalConfig(episodes=args.eval_episodes, num_envs=args.eval_episodes, episode_steps=args.episode_steps,
                      seed=args.eval_seed, video=False)
-    policy = evaluate(NetworkPolicy(net, cfg), list(tasks), cfg, progress=False)
+    policy = evaluate(NetworkPolicy(net, cfg, critic=False), list(tasks), cfg, progress=False)
     reference = evaluate(ScriptedSource(make_expert, name="expert"), list(tasks), cfg, progress=False)
     mlp = evaluate(floor, list(tasks), cfg, progress=False) if floor is not None else None
     out = {}

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         net.policy.head.weight.normal_(0.0, 0.5)
 
     def policy(cfg: EvalConfig) -> NetworkPolicy:
-        return NetworkPolicy(net, cfg)
+        return NetworkPolicy(net, cfg, critic=False)
 
     rows = []
     t0 = time.perf_counter()

@@ -93,7 +93,8 @@ def test_collected_episodes_are_the_rollouts_episodes(policy: tuple[PerceiverAct
     cfg = EvalConfig(episodes=2, num_envs=2, episode_steps=10, greedy=False, tasks=["cartpole/balance"])
     result = collect(net, model_cfg, cfg, "control", model_uri="export", storage=storage, progress=False)
     stored = sorted(read_episodes(str(result.ref), storage), key=lambda ep: int(ep.provenance["episode_index"]))
-    direct = rollout(NetworkPolicy(net, cfg), "cartpole/balance", cfg, stream="collect", record=True, progress=False)
+    source = NetworkPolicy(net, cfg, critic=model_cfg.objective.trains_critic)
+    direct = rollout(source, "cartpole/balance", cfg, stream="collect", record=True, progress=False)
     for a, b in zip(stored, direct.episodes, strict=True):
         np.testing.assert_array_equal(a.proprio, b.proprio)
         np.testing.assert_array_equal(a.actions, b.actions)

@@ -130,7 +130,8 @@ def test_sampled_episodes_do_not_depend_on_batching() -> None:
     results = []
     for num_envs in (1, 3):
         cfg = EvalConfig(episodes=3, num_envs=num_envs, episode_steps=15, greedy=False, video=False)
-        results.append(rollout(NetworkPolicy(net, cfg), "point_mass/easy", cfg, record=True, progress=False))
+        source = NetworkPolicy(net, cfg, critic=False)
+        results.append(rollout(source, "point_mass/easy", cfg, record=True, progress=False))
     one, batched = results
     for a, b in zip(one.episodes, batched.episodes, strict=True):
         np.testing.assert_array_equal(a.actions, b.actions)
@@ -148,7 +149,7 @@ def test_episodes_are_the_same_whether_environments_step_in_workers_or_here(gree
     for workers in (0, 2):
         cfg = EvalConfig(episodes=5, num_envs=3, episode_steps=40, greedy=greedy, video=False, env_workers=workers)
         runs[workers] = [rollout(source, "reacher/easy", cfg, record=True, progress=False)
-                         for source in (NetworkPolicy(net, cfg), random_source())]
+                         for source in (NetworkPolicy(net, cfg, critic=False), random_source())]
     for here, there in zip(runs[0], runs[2], strict=True):
         assert here.returns.tolist() == there.returns.tolist()
         for a, b in zip(here.episodes, there.episodes, strict=True):
@@ -159,7 +160,7 @@ def test_episodes_are_the_same_whether_environments_step_in_workers_or_here(gree
 def test_network_policy_restores_training_mode() -> None:
     net = tiny_net().train()
     cfg = EvalConfig(episodes=1, num_envs=1, episode_steps=3, video=False)
-    rollout(NetworkPolicy(net, cfg), "cartpole/balance", cfg, progress=False)
+    rollout(NetworkPolicy(net, cfg, critic=False), "cartpole/balance", cfg, progress=False)
     assert net.training
 
 
@@ -228,7 +229,7 @@ def test_q_selection_prefers_higher_q_actions_in_a_rollout() -> None:
         cfg = EvalConfig(episodes=episodes, num_envs=2, episode_steps=steps, greedy=False, q_select_samples=k,
                          video=False)
         net.encodes = 0
-        ro = rollout(NetworkPolicy(net, cfg), "cartpole/balance", cfg, record=True, progress=False)
+        ro = rollout(NetworkPolicy(net, cfg, critic=True), "cartpole/balance", cfg, record=True, progress=False)
         chosen[k] = np.concatenate([e.actions[:, 0] for e in ro.episodes])  # bounds [-1, 1]: raw == normalised
         assert net.encodes == steps  # one forward pass per step for both envs, K candidates included
     assert np.abs(chosen[0] - TARGET).mean() > 0.3  # sampling the uniform policy: all over [-1, 1]
@@ -273,8 +274,8 @@ def test_same_seed_same_report(tmp_path: Path) -> None:
     for name, seed in (("a", 1000), ("b", 1000), ("c", 1001)):
         cfg = EvalConfig(episodes=3, num_envs=2, episode_steps=20, greedy=False, videos_per_task=1, video_size=64,
                          seed=seed)
-        evaluate(NetworkPolicy(net, cfg, name="tiny"), ["point_mass/easy"], cfg, output_dir=tmp_path / name,
-                 progress=False)
+        evaluate(NetworkPolicy(net, cfg, critic=False, name="tiny"), ["point_mass/easy"], cfg,
+                 output_dir=tmp_path / name, progress=False)
         texts.append((tmp_path / name / "report.json").read_text())
     assert texts[0] == texts[1]
     assert json.loads(texts[0])["tasks"]["point_mass/easy"]["returns"] != \

@@ -30,8 +30,8 @@ from pac.tracking import (
     PolicyInput,
     Tracker,
     TrackingError,
-    greedy_actions,
     load_policy,
+    policy_actions,
     redact_uri,
     resolve_tracking_uri,
     scrub,
@@ -83,7 +83,7 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Config]:
 
 def _expected_actions(export_dir: Path, rows: list[dict]) -> list[list[float]]:
     net, cfg = load_export(export_dir)
-    return greedy_actions(net.eval(), cfg, [PolicyInput(**r) for r in rows])
+    return policy_actions(net.eval(), cfg, [PolicyInput(**r) for r in rows])
 
 
 def _assert_same_weights(net: torch.nn.Module, export_dir: Path) -> None:

@@ -148,10 +148,10 @@ def collect(net: PerceiverActorCritic, model_cfg: Config, eval_cfg: EvalConfig, 
 
     plans = list(plans) if plans is not None else collection_plans(model_cfg, eval_cfg, storage)
     check_fit(net.cfg, plans)
-    source = NetworkPolicy(net, eval_cfg, name=model_uri)
+    source = NetworkPolicy(net, eval_cfg, critic=model_cfg.objective.trains_critic, name=model_uri)
     settings = {"model": model_uri, "config_hash": config_hash(model_cfg), "weights_sha256": weights_hash(net),
                 "seed": eval_cfg.seed, "greedy": eval_cfg.greedy, "temperature": eval_cfg.temperature,
-                "q_select_samples": eval_cfg.q_select_samples, "epsilon": eval_cfg.epsilon,
+                "q_select_samples": source.q_select_samples, "epsilon": eval_cfg.epsilon,
                 "episode_steps": eval_cfg.episode_steps, "pac_version": __version__}
     results: dict[str, list[EpisodeResult]] = {}
 

@@ -145,6 +145,11 @@ class ObjectiveConfig:
     polyak_tau: float = 0.02  # target half-life ~35 steps; 0.005 left the critic near its init (docs/quality.md)
     target_period: int = 200  # steps between copies when target_update == "periodic"
 
+    @property
+    def trains_critic(self) -> bool:
+        """Whether the Q decoder learns (beta > 0): only then may acting use the critic's ranking."""
+        return self.beta > 0
+
     def __post_init__(self) -> None:
         _check(0.0 <= self.alpha <= 1.0, "objective.alpha", f"must be in [0, 1], got {self.alpha}")
         _check(self.beta >= 0.0, "objective.beta", f"must be >= 0, got {self.beta}")
@@ -324,7 +329,10 @@ class EvalConfig:
     episode_steps: int = 250
     greedy: bool = True  # argmax bins; False samples with `temperature`
     temperature: float = 1.0
-    q_select_samples: int = 0  # >0: score this many sampled actions with the Q decoder, take the best
+    # >0: score this many sampled actions (and the greedy one) with the Q decoder, take the best; only for models
+    # whose critic was trained (objective.beta > 0). Off by default: it lost to the greedy decode on the main job's
+    # data and won on the quality benchmark's (docs/quality.md)
+    q_select_samples: int = 0
     epsilon: float = 0.0  # per-step probability of a uniform random action (exploration when collecting)
     vision: Literal["auto", "always", "never"] = "auto"  # camera input; auto: where the training data had images
     videos_per_task: int = 1

@@ -44,7 +44,8 @@ from mlflow.tracking import MlflowClient
 from pac import __version__
 from pac.config import Config, TrackingConfig
 from pac.inputs import Observation, denormalize_action, normalize_proprio, task_stats
-from pac.networks import PerceiverActorCritic, decode_greedy
+from pac.networks import PerceiverActorCritic
+from pac.networks.acting import choose_actions
 from pac.training.export import CONFIG, WEIGHTS, ExportError, load_export
 
 log = logging.getLogger(__name__)
@@ -198,15 +199,18 @@ def _instruction(o: PolicyInput) -> str:
     return ""
 
 
-def greedy_actions(net: PerceiverActorCritic, config: Config, observations: Sequence[PolicyInput]) -> list[list[float]]:
-    """The greedy action of each observation (`model.action_decode`), denormalised where bounds are given.
+def policy_actions(net: PerceiverActorCritic, config: Config, observations: Sequence[PolicyInput]) -> list[list[float]]:
+    """The model's action for each observation, chosen as its evaluation chooses (`config.eval`: the greedy
+    decode, or the critic's pick among sampled actions where its critic was trained; never exploration),
+    denormalised where bounds are given.
 
-    Observations may come from different embodiments (different proprio and action sizes): the batch is padded
-    to the largest and each row is cut back to its own action dimensions.
+    Sampling uses a fixed seed per row, so the same observation always gets the same action, whatever else
+    is in the batch. Observations may come from different embodiments (different proprio and action sizes):
+    the batch is padded to the largest and each row is cut back to its own action dimensions.
 
     Args:
         net: the network, in eval mode.
-        config: its resolved config (bins, text length).
+        config: its resolved config (bins, text length, action selection).
         observations: the batch.
 
     Returns:
@@ -227,11 +231,13 @@ def greedy_actions(net: PerceiverActorCritic, config: Config, observations: Sequ
     obs = Observation.from_numpy(proprio, [_instruction(o) for o in observations], config.model.max_text_tokens,
                                  images)
     device = next(net.parameters()).device
+    ecfg = config.eval
     with torch.inference_mode():
         latents = net.encode(obs.to(device))  # (B, N, D)
-        logits = net.policy_logits(latents, max(o.num_action_dims for o in observations))  # (B, A, bins)
-        normalised = decode_greedy(logits, config.model.action_bins, config.model.action_decode,
-                                   config.model.action_decode_k, config.model.action_bin_mu).cpu().numpy()  # (B, A)
+        normalised = choose_actions(
+            net, latents, max(o.num_action_dims for o in observations), greedy=ecfg.greedy,
+            temperature=ecfg.temperature, rngs=[np.random.default_rng(0) for _ in observations],
+            q_select_samples=ecfg.q_select_samples if config.objective.trains_critic else 0).cpu().numpy()  # (B, A)
     actions = []
     for row, o in zip(normalised, observations, strict=True):
         action = row[: o.num_action_dims]
@@ -243,7 +249,7 @@ def greedy_actions(net: PerceiverActorCritic, config: Config, observations: Sequ
 
 
 class PacPolicy(PythonModel):
-    """The PAC policy as an MLflow pyfunc model: observations in, greedy actions out.
+    """The PAC policy as an MLflow pyfunc model: observations in, actions out (`policy_actions`).
 
     `load_context` rebuilds the network from the export artifact with `load_export` (safetensors, no pickle).
     MLflow validates the input against the `PolicyInput` type hint, so a pandas DataFrame with the same columns
@@ -259,10 +265,10 @@ class PacPolicy(PythonModel):
         self.net.eval()
 
     def predict(self, model_input: list[PolicyInput], params: dict[str, Any] | None = None) -> list[list[float]]:
-        """Greedy actions for a batch of observations (see `PolicyInput` for the fields)."""
+        """Actions for a batch of observations (see `PolicyInput` for the fields)."""
         if self.net is None or self.config is None:
             raise TrackingError("PacPolicy.predict called before load_context: load it with mlflow.pyfunc.load_model")
-        return greedy_actions(self.net, self.config, model_input)
+        return policy_actions(self.net, self.config, model_input)
 
 
 # -- the tracker --------------------------------------------------------------------------------------------
@@ -733,8 +739,8 @@ __all__ = [
     "PolicyInput",
     "Tracker",
     "TrackingError",
-    "greedy_actions",
     "load_policy",
+    "policy_actions",
     "redact_uri",
     "resolve_tracking_uri",
     "scrub",

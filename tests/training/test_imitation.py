@@ -19,7 +19,7 @@ from pac.config import Config, EvalConfig, GenerateConfig, StorageConfig
 from pac.envs import make_env
 from pac.envs.experts import make_expert
 from pac.evaluation import NetworkPolicy, ScriptedSource, evaluate, load_policy_model
-from pac.tracking import PolicyInput, greedy_actions
+from pac.tracking import PolicyInput, policy_actions
 from pac.training.export import CONFIG, load_export, save_export
 from pac.training.loop import train
 from pac.workflow import generate_dataset
@@ -54,7 +54,7 @@ def test_bc_reaches_the_point_mass_expert_on_fresh_seeds(export: str) -> None:
     net, _ = load_policy_model(export)
     ecfg = EvalConfig(episodes=4, num_envs=4, episode_steps=STEPS, seed=777, video=False)  # not the data's seeds
 
-    policy = evaluate(NetworkPolicy(net, ecfg), [TASK], ecfg, progress=False).tasks[TASK]
+    policy = evaluate(NetworkPolicy(net, ecfg, critic=False), [TASK], ecfg, progress=False).tasks[TASK]
     expert = evaluate(ScriptedSource(make_expert, name="expert"), [TASK], ecfg, progress=False).tasks[TASK]
 
     fidelity = (policy.return_mean - policy.random_return_mean) / (expert.return_mean - policy.random_return_mean)
@@ -71,9 +71,9 @@ def test_the_served_policy_applies_the_statistics_the_export_carries(export: str
     env.close()
 
     rows = [PolicyInput(proprio=s.tolist(), task=TASK, action_dims=2) for s in states]
-    served = np.array(greedy_actions(net, cfg, rows))
+    served = np.array(policy_actions(net, cfg, rows))
     ecfg = EvalConfig(episodes=1, num_envs=1, episode_steps=1, video=False)
-    policy = NetworkPolicy(net, ecfg)
+    policy = NetworkPolicy(net, ecfg, critic=False)
     envs = [make_env(TASK, seed=slot, episode_steps=1) for slot in range(6)]
     for slot, e in enumerate(envs):
         e.reset(seed=slot)
@@ -84,9 +84,9 @@ def test_the_served_policy_applies_the_statistics_the_export_carries(export: str
     np.testing.assert_allclose(served, rolled, atol=1e-6)  # serving and evaluation agree, state for state
 
     with pytest.raises(ValueError, match="give each observation's `task`"):
-        greedy_actions(net, cfg, [PolicyInput(proprio=states[0].tolist(), action_dims=2)])
+        policy_actions(net, cfg, [PolicyInput(proprio=states[0].tolist(), action_dims=2)])
     with pytest.raises(ValueError, match="no statistics for 'reacher/easy'"):
-        greedy_actions(net, cfg, [PolicyInput(proprio=states[0].tolist(), task="reacher/easy", action_dims=2)])
+        policy_actions(net, cfg, [PolicyInput(proprio=states[0].tolist(), task="reacher/easy", action_dims=2)])
 
 
 def test_an_export_from_before_normalisation_loads_as_the_raw_state_network_it_is(

@@ -159,6 +159,7 @@ def test_pac_acts_on_the_better_action_where_the_data_mostly_takes_the_worse_one
     from pac.envs.pool import RemoteEnv
     from pac.evaluation import NetworkPolicy
     from pac.networks import expected_value, value_support
+    from pac.tracking import PolicyInput, policy_actions
 
     cfg = Config.from_dict({"preset": "tiny", "tracking": {"enabled": False},
                             "train": {"steps": 300, "global_batch_size": 64, "micro_batch_size": 64,
@@ -171,9 +172,17 @@ def test_pac_acts_on_the_better_action_where_the_data_mostly_takes_the_worse_one
     assert q[1] > q[0] + 0.5, q
     env = RemoteEnv(SimpleNamespace(id="bandit", instruction="choose"), np.array([-1.0], np.float32),
                     np.array([1.0], np.float32), 1.0, 3)
-    policy = NetworkPolicy(net, EvalConfig(q_select_samples=16))
+    policy = NetworkPolicy(net, EvalConfig(q_select_samples=16), critic=True)
     actions = []
     for seed in range(20):
         policy.start(0, env, seed)
         actions.append(policy.act([0], [env], [{"proprio": np.zeros(3, np.float32), "image": None}])[0, 0])
     assert np.mean(np.array(actions) > 0.3) >= 0.9, actions
+    # A network whose critic never learned (BC) must not act on its untrained Q decoder: the policy alone acts.
+    blind = NetworkPolicy(net, EvalConfig(q_select_samples=16), critic=False)
+    blind.start(0, env, 0)
+    assert blind.act([0], [env], [{"proprio": np.zeros(3, np.float32), "image": None}])[0, 0] < 0
+    # The served model chooses as evaluation does, with the settings it was trained with.
+    served = policy_actions(net, dataclasses.replace(cfg, eval=EvalConfig(q_select_samples=16)),
+                            [PolicyInput(proprio=[0.0, 0.0, 0.0], instruction="choose", action_dims=1)] * 4)
+    assert all(a[0] > 0.3 for a in served), served

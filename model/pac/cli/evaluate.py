@@ -82,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     tracker = start_tracker(cfg, model_cfg, job="evaluate", model_uri=args.model)
     status = "FAILED"
     try:
-        report = evaluate(NetworkPolicy(net, cfg.eval, name=args.model), plans, cfg.eval, output_dir=args.output,
+        source = NetworkPolicy(net, cfg.eval, critic=model_cfg.objective.trains_critic, name=args.model)
+        report = evaluate(source, plans, cfg.eval, output_dir=args.output,
                           tracker=tracker, progress=not args.no_progress)
         status = "FINISHED"
     finally:

@@ -44,7 +44,7 @@ from pac.evaluation.plans import (
     task_layout,
     training_manifest_tasks,
 )
-from pac.evaluation.policies import ActionSource, NetworkPolicy, ScriptedSource, random_source, sample_bins, select_by_q
+from pac.evaluation.policies import ActionSource, NetworkPolicy, ScriptedSource, random_source
 from pac.evaluation.reports import (
     CI_METHOD,
     REPORT_FORMAT,
@@ -56,6 +56,7 @@ from pac.evaluation.reports import (
 )
 from pac.evaluation.rollout import EpisodeResult, TaskRollout, iter_rollout, rollout
 from pac.evaluation.run import evaluate, evaluate_model, load_policy_model, random_baseline, training_eval_hook
+from pac.networks.acting import sample_bins, select_by_q
 
 __all__ = [
     "CI_METHOD",

@@ -13,7 +13,8 @@ from pac.config import EvalConfig
 from pac.envs import Env, Obs, TaskSpec
 from pac.envs.policies import Policy, RandomPolicy
 from pac.inputs import Observation, denormalize_action, normalize_proprio, task_stats
-from pac.networks import PerceiverActorCritic, bins_to_action, decode_greedy, expected_value, value_support
+from pac.networks import PerceiverActorCritic
+from pac.networks.acting import choose_actions
 
 log = logging.getLogger(__name__)
 
@@ -71,61 +72,15 @@ def random_source() -> ScriptedSource:
     return ScriptedSource(lambda spec: RandomPolicy(), name="random", reads_simulator=False)
 
 
-def sample_bins(logits: torch.Tensor, temperature: float, rngs: Sequence[np.random.Generator],
-                num: int) -> np.ndarray:
-    """Draw `num` bin indices per state and dimension from softmax(logits / temperature).
-
-    Each row uses its own generator (inverse-CDF sampling), so an episode's actions do not depend on
-    which other episodes share the batch (`pac.networks.sample_actions` draws from one generator for
-    the whole batch, which is right for training but would couple evaluation episodes).
-
-    Args:
-        logits: (N, A, bins).
-        temperature: > 0; 1 samples the policy itself.
-        rngs: N generators, one per row.
-        num: samples per row.
-
-    Returns:
-        (N, num, A) int64 bin indices.
-    """
-    bins = logits.shape[-1]
-    probs = torch.softmax(logits.double() / temperature, dim=-1).cpu().numpy()  # (N, A, bins)
-    cdf = np.cumsum(probs, axis=-1)
-    cdf[..., -1] = 1.0  # rounding must never leave u beyond the last bin
-    u = np.stack([rng.random((num, logits.shape[1])) for rng in rngs])  # (N, num, A)
-    index = (cdf[:, None, :, :] < u[..., None]).sum(-1)  # (N, num, A)
-    return np.minimum(index, bins - 1).astype(np.int64)
-
-
-def select_by_q(net: PerceiverActorCritic, latents: torch.Tensor, candidates: torch.Tensor,
-                action_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Score K candidate actions per state with the Q decoder against ONE encoding of each state.
-
-    Late fusion (PAC.md, Figure 2): actions enter only through the Q decoder's query, so the K
-    candidates share the latents `z_M` of their state; nothing is re-encoded.
-
-    Args:
-        net: the actor-critic.
-        latents: (N, L, D) from `net.encode`.
-        candidates: (N, K, A) normalised actions in [-1, 1].
-        action_mask: (N, A) bool.
-
-    Returns:
-        index (N,) of the candidate with the highest expected Q, and the expected Q values (N, K).
-    """
-    q = net.q_logits(latents, candidates, action_mask)  # (N, K, atoms)
-    values = expected_value(q, value_support(net.cfg, device=q.device))  # (N, K)
-    return values.argmax(-1), values
-
-
 class NetworkPolicy:
     """The trained (or training) network as an `ActionSource`: one forward pass for all running envs.
 
-    Action selection (`EvalConfig`):
-    - `greedy`: the most likely bin per dimension; else a sample from softmax(logits / `temperature`).
-    - `q_select_samples` = K > 0: K actions sampled from the tempered policy (plus the greedy action
-      when `greedy`) are scored by the Q decoder against one encoding of the state; the highest
-      expected Q wins.
+    Action selection (`EvalConfig`, one implementation: `pac.networks.acting.choose_actions`):
+    - `q_select_samples` = K > 0 and the network's critic was trained: K actions sampled from the tempered
+      policy (plus the greedy action when `greedy`) are scored by the Q decoder against one encoding of the
+      state; the highest expected Q wins. A network trained without a critic (BC) acts by its policy alone.
+    - else `greedy`: the model's decoding rule (`model.action_decode`); else a sample from softmax(logits /
+      `temperature`).
     - `epsilon`: with this probability per step a uniform random action replaces the choice
       (exploration for collection).
 
@@ -136,15 +91,27 @@ class NetworkPolicy:
     Args:
         net: the actor-critic (any device; observations follow it).
         cfg: action-selection settings.
+        critic: whether the network's Q decoder was trained (`ObjectiveConfig.trains_critic` of its config).
         name: the policy's name in reports and collected episodes (e.g. the model URI).
     """
 
     reads_simulator = False  # states, instructions and action bounds only: its environments may step anywhere
 
-    def __init__(self, net: PerceiverActorCritic, cfg: EvalConfig, *, name: str = "policy") -> None:
+    def __init__(self, net: PerceiverActorCritic, cfg: EvalConfig, *, critic: bool, name: str = "policy") -> None:
         self.net, self.cfg, self.name = net, cfg, name
+        # the critic's pick needs a critic: an untrained Q decoder would choose among samples at random
+        self.q_select_samples = cfg.q_select_samples if critic else 0
         self.device = next(net.parameters()).device
         self._rngs: dict[int, np.random.Generator] = {}
+
+    @property
+    def selection(self) -> str:
+        """How actions are chosen, for reports and provenance."""
+        greedy = f"greedy ({self.net.cfg.action_decode})"
+        rule = greedy if self.cfg.greedy else f"sampled (T={self.cfg.temperature:g})"
+        if self.q_select_samples:
+            rule = f"critic's pick of {self.q_select_samples} samples" + f" and the {greedy} action" * self.cfg.greedy
+        return rule + (f", epsilon {self.cfg.epsilon:g}" if self.cfg.epsilon else "")
 
     def start(self, slot: int, env: Env, seed: int) -> None:
         self._rngs[slot] = np.random.default_rng(seed)
@@ -161,7 +128,9 @@ class NetworkPolicy:
         if was_training:  # only then: `train()` walks every module, a quarter of a tiny policy's step
             self.net.eval()
         try:
-            normalized = self._choose(batch, num_dims, rngs)  # (N, A) in [-1, 1]
+            normalized = choose_actions(self.net, self.net.encode(batch), num_dims, greedy=self.cfg.greedy,
+                                        temperature=self.cfg.temperature, q_select_samples=self.q_select_samples,
+                                        rngs=rngs).cpu().numpy()  # (N, A) in [-1, 1]
         finally:
             if was_training:
                 self.net.train()
@@ -170,26 +139,6 @@ class NetworkPolicy:
                 if rng.random() < self.cfg.epsilon:
                     normalized[row] = rng.uniform(-1.0, 1.0, num_dims)
         return np.stack([denormalize_action(a, e.action_low, e.action_high) for a, e in zip(normalized, envs)])
-
-    def _choose(self, batch: Observation, num_dims: int, rngs: Sequence[np.random.Generator]) -> np.ndarray:
-        bins = self.net.cfg.action_bins
-        z = self.net.encode(batch)  # (N, L, D)
-        logits = self.net.policy_logits(z, num_dims).float()  # (N, A, bins)
-        k = self.cfg.q_select_samples
-        if k == 0:
-            if self.cfg.greedy:
-                mcfg = self.net.cfg
-                return decode_greedy(logits, bins, mcfg.action_decode, mcfg.action_decode_k,
-                                     mcfg.action_bin_mu).cpu().numpy()
-            return bins_to_action(torch.from_numpy(sample_bins(logits, self.cfg.temperature, rngs, 1)[:, 0]),
-                                  bins, self.net.cfg.action_bin_mu).numpy()
-        index = torch.from_numpy(sample_bins(logits, self.cfg.temperature, rngs, k)).to(logits.device)  # (N, K, A)
-        if self.cfg.greedy:
-            index = torch.cat([logits.argmax(-1)[:, None], index], dim=1)  # (N, 1+K, A)
-        candidates = bins_to_action(index, bins, self.net.cfg.action_bin_mu)  # (N, K', A)
-        mask = torch.ones(candidates.shape[0], num_dims, dtype=torch.bool, device=candidates.device)
-        best, _ = select_by_q(self.net, z, candidates, mask)
-        return candidates[torch.arange(len(best), device=best.device), best].cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------- the rollout

@@ -61,7 +61,9 @@ def evaluate(source: ActionSource, plans: Sequence[TaskPlan | str], cfg: EvalCon
         rollouts[plan.task] = rollout(source, plan, cfg, progress=progress)
         reports[plan.task] = TaskReport.from_rollout(rollouts[plan.task], random_baseline(plan.task, cfg, progress),
                                                      cfg.episode_steps)
-    report = EvalReport(source.name, step, dataclasses.asdict(cfg), reports)
+    # what acted, as the source applied the settings (a network without a critic ignores q_select_samples)
+    settings = dataclasses.asdict(cfg) | {"selection": getattr(source, "selection", source.name)}
+    report = EvalReport(source.name, step, settings, reports)
     if output_dir is not None:
         write_outputs(report, rollouts, output_dir)
     if tracker is not None:
@@ -89,7 +91,8 @@ def evaluate_model(net: PerceiverActorCritic, cfg: Config, *, output_dir: str | 
     """
     plans = list(plans) if plans is not None else plan_tasks(cfg, cfg.eval)
     check_fit(net.cfg, plans)
-    return evaluate(NetworkPolicy(net, cfg.eval, name=name), plans, cfg.eval, output_dir=output_dir,
+    source = NetworkPolicy(net, cfg.eval, critic=cfg.objective.trains_critic, name=name)
+    return evaluate(source, plans, cfg.eval, output_dir=output_dir,
                     tracker=tracker, step=step, progress=progress)
 
 
@@ -112,7 +115,8 @@ def training_eval_hook(cfg: Config, output_dir: str | Path | None = None) -> Cal
 
     def hook(net: PerceiverActorCritic, step: int) -> dict[str, float]:
         out = Path(output_dir) / f"step_{step:06d}" if output_dir is not None else None
-        report = evaluate(NetworkPolicy(net, eval_cfg, name=f"step {step}"), plans, eval_cfg, output_dir=out,
+        source = NetworkPolicy(net, eval_cfg, critic=cfg.objective.trains_critic, name=f"step {step}")
+        report = evaluate(source, plans, eval_cfg, output_dir=out,
                           step=step, progress=False)
         return report.metrics(prefix="")
 
