@@ -47,8 +47,12 @@ def test_sample_with_no_modality_at_all_is_defined(net) -> None:
     assert torch.isfinite(out.policy_logits).all()
 
 
-def test_mixed_embodiments_in_one_batch_match_their_single_sample_outputs(net) -> None:
-    """Padding is invisible: a sample's output does not depend on the other samples' state sizes."""
+@pytest.mark.parametrize("encoder", ["scalar", "vector"])
+def test_mixed_embodiments_in_one_batch_match_their_single_sample_outputs(encoder: str) -> None:
+    """Padding is invisible, for every proprio encoder: a sample's output does not depend on the other samples'
+    state sizes."""
+    torch.manual_seed(0)
+    net = build_model(dataclasses.replace(CFG, proprio_encoder=encoder)).eval()
     mixed = make_obs([3, 17, 8], [False, True, False], [True, True, False])
     for p in net.parameters():  # non-zero heads so the comparison is not trivially equal
         torch.nn.init.normal_(p, std=0.05) if p.dim() > 1 else None
@@ -158,3 +162,4 @@ def test_fourier_features_resolve_values_a_sixteenth_apart() -> None:
     """The plain value MLP cannot separate nearby proprio values; 8 Fourier bands can."""
     assert fit_fine_threshold(8) > 0.95
     assert fit_fine_threshold(0) < 0.8
+
