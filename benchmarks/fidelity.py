@@ -23,8 +23,6 @@ Writes `results.json` and `results.md` into `--output`; runtimes are in docs/lea
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -66,19 +64,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def expert_dataset(tasks: Sequence[str], episodes: int, steps: int, cache: Path) -> str:
     """The expert-only dataset of these tasks, generated on first use and found by content hash after."""
     from pac.config import Config, GenerateConfig, StorageConfig
-    from pac.data.dataset import open_dataset
+    from pac.data.generate import generation_digest
     from pac.workflow import generate_dataset
 
     gen = GenerateConfig(tasks=list(tasks), qualities=["expert"], episodes_per_policy=episodes, episode_steps=steps)
-    digest = hashlib.sha256(json.dumps(dataclasses.asdict(gen), sort_keys=True).encode()).hexdigest()[:12]
-    storage = StorageConfig(root=str(cache))
-    name = f"expert-{digest}"
-    try:
-        open_dataset(name, storage)
-        log.info("data: %s (cached)", cache / name)
-    except (OSError, ValueError):
-        log.info("data: generating %d expert episodes x %d steps for %s", episodes, steps, ", ".join(tasks))
-        generate_dataset(Config(generate=gen, storage=storage), name)
+    name = f"expert-{generation_digest(gen)[:12]}"  # one dataset per content: every configuration stays cached
+    ref, stats = generate_dataset(Config(generate=gen, storage=StorageConfig(root=str(cache))), name)
+    log.info("data: %s (%s)", ref, "generated" if stats is not None else "cached")
     return str(cache / name)
 
 

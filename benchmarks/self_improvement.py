@@ -77,7 +77,8 @@ def main() -> None:
         "tracking": {"uri": f"sqlite:///{out}/mlflow.db", "system_metrics": False},
     })
     ref, stats = generate_dataset(cfg, "behaviour", progress=False)
-    print(stats.table())
+    if stats is not None:  # None: the run directory already held these episodes
+        print(stats.table())
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, dataset=str(ref)))
     pretrained = args.pretrained
     if pretrained and Path(pretrained).is_dir():  # a path here, not a name under this run's storage root

@@ -28,19 +28,35 @@ from pac.training.weights import is_mlflow_uri, load_model, source_run_id
 log = logging.getLogger(__name__)
 
 
-def generate_dataset(cfg: Config, dataset: str, *, append: bool = False, progress: bool = True) -> tuple[Any, Any]:
+def generate_dataset(cfg: Config, dataset: str, *, append: bool = False, reuse: bool = True,
+                     progress: bool = True) -> tuple[Any, Any]:
     """Run the behaviour policies (`cfg.generate`) and stream their episodes into a new dataset version.
 
+    Generation is cached by content: when the latest version of `dataset` holds exactly the episodes this
+    config generates (its only source records the same `generation_digest`), that version is returned and
+    nothing is simulated (`reuse=False` generates anyway; `append` always generates).
+
     Returns:
-        (the published `DatasetRef`, the `ReturnStats` summary of the generated returns).
+        (the published `DatasetRef`, the `ReturnStats` summary of the generated returns; None when reused).
     """
-    from pac.data.generate import GENERATOR_VERSION, ReturnStats, check_config, generate_episodes
+    from pac.data.dataset import DatasetError, open_dataset
+    from pac.data.generate import GENERATOR_VERSION, ReturnStats, check_config, generate_episodes, generation_digest
     from pac.data.ingest import ingest
 
     gen = cfg.generate
     check_config(gen, free_bytes(resolve_uri(dataset, cfg.storage)))  # before the store is touched
+    digest = generation_digest(gen)
+    if reuse and not append:
+        try:
+            latest = open_dataset(dataset, cfg.storage)
+        except DatasetError:  # nothing published yet
+            latest = None
+        if latest is not None and [s.get("content_sha256") for s in latest.manifest.sources] == [digest]:
+            log.info("%s already holds these episodes (generation %s): not generating them again",
+                     latest.ref, digest[:12])
+            return latest.ref, None
     stats = ReturnStats(gen.episode_steps)
-    source = {"kind": "generate", "generator_version": GENERATOR_VERSION,
+    source = {"kind": "generate", "generator_version": GENERATOR_VERSION, "content_sha256": digest,
               **{k: ",".join(v) if isinstance(v, list) else str(v) for k, v in dataclasses.asdict(gen).items()}}
     ref = ingest(generate_episodes(gen, stats=stats, progress=progress), dataset, storage=cfg.storage,
                  data=cfg.data, sources=[source], append=append, progress=False)

@@ -124,6 +124,22 @@ def test_cli_generates_and_ingests(tmp_path: Path, capsys: pytest.CaptureFixture
     assert {ep.provenance["generator_version"] for ep in back} == {GENERATOR_VERSION}
 
 
+def test_generation_is_cached_by_content(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The same configuration again reuses the latest version; another configuration, --force or --append
+    generate a new one. The worker count decides nothing, so it is not part of the content."""
+    args = ["data", "generate", "--dataset", "gen", "--storage.root", str(tmp_path / "store"), "--no-progress",
+            "--generate.tasks", "point_mass/easy", "--generate.qualities", "expert", "--generate.episodes_per_policy",
+            "1", "--generate.episode_steps", "10"]
+    published = []
+    for extra in ([], ["--generate.workers", "1"], ["--generate.seed", "7"], ["--generate.seed", "7", "--force"],
+                  ["--generate.seed", "7", "--append"]):
+        assert main([*args, *extra]) == 0
+        out, err = capsys.readouterr()
+        published.append(out.strip().rsplit("@", 1)[1])
+        assert ("nothing generated" in err) == (len(published) == 2)
+    assert published == ["v0001", "v0001", "v0002", "v0003", "v0004"]
+
+
 def test_cli_rejects_unknown_task(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["data", "generate", "--dataset", "gen", "--storage.root", str(tmp_path / "store"),
                "--generate.tasks", "walker/fly"])

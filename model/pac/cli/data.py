@@ -216,6 +216,8 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help="dataset name (under storage.root) or URI, e.g. control or s3://bucket/datasets/control")
     p.add_argument("--append", action="store_true",
                    help="the new version also contains all episodes of the latest one")
+    p.add_argument("--force", action="store_true",
+                   help="generate even when the latest version already holds this configuration's episodes")
     p.add_argument("--uri-file", metavar="PATH", help="also write the published URI to this file (pipeline output)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_config_flags(p, ["generate", "data", "storage"])
@@ -225,9 +227,13 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
 def generate_command(args: argparse.Namespace) -> int:
     from pac.workflow import generate_dataset
 
-    ref, stats = generate_dataset(resolve_config(args), args.dataset, append=args.append,
+    ref, stats = generate_dataset(resolve_config(args), args.dataset, append=args.append, reuse=not args.force,
                                   progress=not args.no_progress)
-    print(stats.table(), file=sys.stderr)
+    if stats is None:
+        print(f"{ref} already holds the episodes of this configuration; nothing generated (--force "
+              "generates a new version anyway)", file=sys.stderr)
+    else:
+        print(stats.table(), file=sys.stderr)
     if args.uri_file:
         Path(args.uri_file).write_text(str(ref))
     print(ref)

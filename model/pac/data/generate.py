@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
+import json
 import multiprocessing
 import os
 from collections.abc import Iterator
@@ -85,6 +87,15 @@ def _bars(counts: np.ndarray) -> str:
     blocks = " ▁▂▃▄▅▆▇█"
     top = max(int(counts.max()), 1)
     return "".join(blocks[0] if c == 0 else blocks[max(1, round(c / top * 8))] for c in counts)
+
+
+def generation_digest(cfg: GenerateConfig) -> str:
+    """sha256 of what decides the generated episodes: the config (less `workers`, which changes nothing), the
+    generator's version and what each task observes. Equal digests mean equal episodes."""
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "workers"}
+    content = {"generate": config, "generator": GENERATOR_VERSION,
+               "observations": {t: list(get_task(t).obs_keys) for t in cfg.tasks}}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
 def check_config(cfg: GenerateConfig, free_bytes: int | None = None) -> None:
