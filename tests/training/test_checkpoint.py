@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -24,7 +26,7 @@ from pac.training.engine import (
     per_rank_batch,
     resolve_precision,
 )
-from pac.training.export import load_export
+from pac.training.export import ExportError, load_export
 from pac.training.loop import train
 
 DRIVER = Path(__file__).with_name("driver.py")
@@ -152,6 +154,38 @@ def test_every_precision_and_stage_reports_the_gradient_norm(tmp_path: Path, pre
                                     global_batch_size=16))  # 2 micro-batches: the norm is taken once per step
     history = train(cfg, source=SyntheticSource(cfg.model, cfg.train.micro_batch_size, seed=cfg.seed)).history
     assert len(history) == 2 and all(h["grad_norm"] > 0 for h in history)
+
+
+class _Payload:
+    """A pickle that creates a file when unpickled: what a planted checkpoint or model file would run."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_planted_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
+    """Someone with write access to the run directory replaces a checkpoint file (and fixes its manifest) and the
+    exported weights with pickles that run code: resuming and loading refuse both by name, and nothing runs."""
+    out = tmp_path / "run"
+    run_synthetic(cfg_dict(str(out), steps=2))
+    marker = tmp_path / "payload-ran"
+    evil = pickle.dumps(_Payload(marker))
+    step = out / "checkpoints" / "step_0000002"
+    victim = next(p for p in step.rglob("*.pt"))
+    victim.write_bytes(evil)
+    manifest = json.loads((step / "manifest.json").read_text())
+    key = str(victim.relative_to(step))
+    manifest["files"][key] = {"sha256": hashlib.sha256(evil).hexdigest(), "bytes": len(evil)}
+    (step / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="not plain tensors"):
+        run_synthetic(cfg_dict(str(out), steps=4))
+    (out / "export" / "model.safetensors").write_bytes(evil)
+    with pytest.raises(ExportError, match="model.safetensors"):
+        load_export(out / "export")
+    assert not marker.exists()
 
 
 def test_export_loads_back_without_pickle(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import base64
 import dataclasses
 import json
 import logging
+import pickle
 import re
 import shutil
 import tempfile
@@ -153,7 +154,12 @@ class CheckpointStore:
             if dest.stat().st_size != meta["bytes"] or sha256_file(dest) != meta["sha256"]:
                 raise CheckpointError(f"checkpoint file {where}/{key} does not match its manifest "
                                       "(truncated or tampered); refusing to load it")
-        engine.load(self.staging, tag(step))
+        try:
+            engine.load(self.staging, tag(step))
+        except pickle.UnpicklingError as e:  # torch.load(weights_only=True) met something other than tensors
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"checkpoint {where} holds a file that is not plain tensors ({reason}); refusing "
+                                  "to load it: checkpoints are never unpickled beyond tensors") from e
         state = json.loads((local / f"trainer_rank{self.rank:03d}.json").read_text())
         return state
 
