@@ -132,6 +132,11 @@ class ObjectiveConfig:
     # (0.75 widths reached 0.38, 2 widths 0.65 on the same 3 tasks and seeds; docs/learner.md)
     bc_target: Literal["onehot", "twohot", "hlgauss"] = "hlgauss"
     bc_target_sigma: float = 2.0
+    # which data actions the BC term imitates (our extension, not the paper's): all of them, or only those the
+    # critic ranks above the policy's own value, A(s, a) = Q(s, a) - mean_k Q(s, a'_k) > 0 (CRR's binary filter,
+    # Wang et al. 2020). Needs a critic (beta > 0). On data whose most frequent action is the worse one it moves
+    # the objective's fixed point off the data's mode (tests/training/test_train_integration.py, docs/quality.md)
+    bc_filter: Literal["none", "advantage"] = "none"
     eta: float = 1.0  # temperature of the improved policy (initial value when learned; exports record the learned one)
     learn_eta: bool = True  # MPO-style dual on eta with KL bound epsilon
     epsilon: float = 0.1  # KL bound of the eta dual
@@ -156,6 +161,10 @@ class ObjectiveConfig:
         _check(self.bc_target in ("onehot", "twohot", "hlgauss"), "objective.bc_target",
                f"must be 'onehot', 'twohot' or 'hlgauss', got {self.bc_target!r}")
         _check(self.bc_target_sigma > 0, "objective.bc_target_sigma", f"must be > 0, got {self.bc_target_sigma}")
+        _check(self.bc_filter in ("none", "advantage"), "objective.bc_filter",
+               f"must be 'none' or 'advantage', got {self.bc_filter!r}")
+        _check(self.bc_filter == "none" or self.beta > 0, "objective.bc_filter",
+               "'advantage' ranks data actions with the critic: it needs objective.beta > 0")
         _check(self.eta > 0.0, "objective.eta", f"must be > 0, got {self.eta}")
         _check(self.epsilon > 0.0, "objective.epsilon", f"must be > 0, got {self.epsilon}")
         _check(0.0 < self.eta_min <= self.eta, "objective.eta_min", f"must be in (0, eta], got {self.eta_min}")

@@ -142,21 +142,22 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
     logits = net.policy_logits(z, a_dims)  # (B, A, bins)
     targets = action_targets(batch.action, mcfg.action_bins, cfg.bc_target, cfg.bc_target_sigma,
                              mcfg.action_bin_mu)  # (B, A, bins)
-    bc_loss = cross_entropy(logits, targets, mask).mean()
-    metrics: dict[str, torch.Tensor] = {"bc_nll": bc_loss.detach(),
+    nll = cross_entropy(logits, targets, mask)  # (B,)
+    metrics: dict[str, torch.Tensor] = {"bc_nll": nll.mean().detach(),
                                         "entropy": entropy(logits, mask).mean().detach()}
-    loss = cfg.alpha * bc_loss
     improve = cfg.alpha < 1.0
     if not improve and cfg.beta == 0.0:
+        loss = cfg.alpha * nll.mean()
         metrics["loss"] = loss.detach()
         return loss, metrics
     if target is None:
         raise ValueError(f"{cfg.method} needs a target network (alpha={cfg.alpha}, beta={cfg.beta})")
 
+    sample_now = improve or cfg.bc_filter == "advantage"  # both score the policy's own actions at s_t
     support = make_support(mcfg, z.device)
     k = cfg.num_action_samples
     with torch.no_grad():
-        if improve:  # the target encodes s_t and s_{t+n} in one pass: each layer runs once over 2B rows
+        if sample_now:  # the target encodes s_t and s_{t+n} in one pass: each layer runs once over 2B rows
             z_now_target, z_next = target.encode(Observation.cat([batch.obs, batch.next_obs])).chunk(2)
         else:
             z_next = target.encode(batch.next_obs)
@@ -169,20 +170,27 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
 
     q_logits = net.q_logits(z, batch.action[:, None], mask)[:, 0].float()  # (B, atoms)
     q_loss = -(target_probs * F.log_softmax(q_logits, -1)).sum(-1).mean()
-    loss = loss + cfg.beta * q_loss
     q_data = expected_value(q_logits.detach(), support)
     metrics.update(q_loss=q_loss.detach(), q_mean=q_data.mean(), q_std=q_data.std(unbiased=False),
                    target_q_mean=(target_probs * support).sum(-1).mean())
 
-    eta = temperature()
-    metrics["eta"] = eta.detach()
-    if improve:
+    if sample_now:
         with torch.no_grad():
             # a' ~ pi_theta'(.|s_t), scored by the online critic Q_theta against the same state encoding.
             idx, sampled = sample_actions(target.policy_logits(z_now_target, a_dims), k,
                                           uniform_mix=cfg.uniform_mix, generator=generator,
                                           mu=mcfg.action_bin_mu)
             q_sampled = expected_value(net.q_logits(z.detach(), sampled, mask), support)  # (B, K)
+    bc_weight = torch.ones_like(nll)
+    if cfg.bc_filter == "advantage":  # imitate only the data actions the critic ranks above the policy's value
+        bc_weight = (q_data > q_sampled.mean(1)).float()
+        metrics["bc_kept"] = bc_weight.mean()
+    loss = cfg.alpha * (bc_weight * nll).mean() + cfg.beta * q_loss
+
+    eta = temperature()
+    metrics["eta"] = eta.detach()
+    if improve:
+        with torch.no_grad():
             w = improvement_weights(q_sampled, eta.detach())
         improve_loss = -(w * log_prob(logits, idx, mask)).sum(1).mean()
         loss = loss + (1 - cfg.alpha) * improve_loss

@@ -148,6 +148,31 @@ class Bandit:
         pass
 
 
+@pytest.mark.parametrize("alpha", [0.75, 1.0])
+def test_the_advantage_filter_moves_the_greedy_policy_to_the_better_action(tmp_path: Path, alpha: float) -> None:
+    """With `objective.bc_filter: advantage` the BC term imitates only the data actions the critic ranks above the
+    policy's own value, so the objective's fixed point leaves the data's mode: the policy alone (greedy, no
+    critic's pick) takes the better action, for PAC and for BC+Q."""
+    from types import SimpleNamespace
+
+    from pac.config import EvalConfig
+    from pac.envs.pool import RemoteEnv
+    from pac.evaluation import NetworkPolicy
+
+    cfg = Config.from_dict({"preset": "tiny", "tracking": {"enabled": False},
+                            "objective": {"alpha": alpha, "bc_filter": "advantage"},
+                            "train": {"steps": 300, "global_batch_size": 64, "micro_batch_size": 64,
+                                      "log_every": 100, "checkpoint_every": 10**6, "output": str(tmp_path / "run")}})
+    result = train(cfg, source=Bandit(64))
+    assert result.history[-1]["bc_kept"] < 0.5  # most of the data (the worse action) is no longer imitated
+    net, _ = load_model(result.export_uri, cfg)
+    env = RemoteEnv(SimpleNamespace(id="bandit", instruction="choose"), np.array([-1.0], np.float32),
+                    np.array([1.0], np.float32), 1.0, 3)
+    policy = NetworkPolicy(net, EvalConfig(), critic=True)  # greedy decode, no critic's pick
+    policy.start(0, env, 0)
+    assert policy.act([0], [env], [{"proprio": np.zeros(3, np.float32), "image": None}])[0, 0] > 0.3
+
+
 def test_pac_acts_on_the_better_action_where_the_data_mostly_takes_the_worse_one(tmp_path: Path) -> None:
     """The property the mixed-quality benchmark depends on (issue 17), on a bandit: with the default objective
     the critic ranks the two actions, and acting greedily with Q-based selection among sampled actions
