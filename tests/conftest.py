@@ -17,9 +17,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -40,6 +41,9 @@ class S3Server:
         """The environment a client (pac, mlflow, boto3) needs to reach the server."""
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
                 "AWS_ENDPOINT_URL": self.url, "MLFLOW_S3_ENDPOINT_URL": self.url}
+
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _free_ports(n: int) -> list[int]:
@@ -78,6 +82,22 @@ def _wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 30
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"weed S3 gateway not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def benchmark_module() -> Callable[[str], ModuleType]:
+    """Loads a script of benchmarks/ as a module by name (the folder is not a package)."""
+    import importlib.util
+
+    def load(name: str) -> ModuleType:
+        spec = importlib.util.spec_from_file_location(f"{name}_benchmark", ROOT / "benchmarks" / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses and pickling resolve the module by name
+        spec.loader.exec_module(module)
+        return module
+
+    return load
 
 
 @pytest.fixture(autouse=True)

@@ -3,8 +3,7 @@ the peers' environment exists, `benchmarks/peers-setup`) a toy-budget run of eve
 
 from __future__ import annotations
 
-import importlib.util
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -19,13 +18,8 @@ PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
 
 
 @pytest.fixture(scope="module")
-def peers() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("peers_benchmark", ROOT / "benchmarks" / "peers.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+def peers(benchmark_module: Callable[[str], ModuleType]) -> ModuleType:
+    return benchmark_module("peers")
 
 
 @pytest.fixture(scope="module")

@@ -3,30 +3,18 @@ a reduced-budget run of the real comparison."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
-
-
-def load_benchmark(name: str = "quality") -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
-def quality() -> ModuleType:
-    return load_benchmark()
+def quality(benchmark_module: Callable[[str], ModuleType]) -> ModuleType:
+    return benchmark_module("quality")
 
 
 def fake_result(score: float, success: float | None = 0.5) -> dict:
@@ -58,9 +46,11 @@ def test_paired_table_compares_each_method_with_bc_seed_by_seed(quality: ModuleT
     assert quality.paired_table({"BC": results["BC"]}) == ""
 
 
-def test_merge_joins_runs_and_refuses_mismatched_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the merge script imports its sibling as a script does
-    merge = load_benchmark("quality_merge")
+def test_merge_joins_runs_and_refuses_mismatched_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      benchmark_module: Callable[[str], ModuleType]) -> None:
+    # the merge script imports its sibling as a script does
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    merge = benchmark_module("quality_merge")
     args = vars(merge.parse_args(["--output", "x", "--tasks", "a/b", "--random", "0", "--damped", "16"]))
 
     def write(name: str, methods: dict, **changed: object) -> Path:
