@@ -147,6 +147,18 @@ def test_cli_rejects_unknown_task(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert not (tmp_path / "store").exists()  # nothing was written
 
 
+def test_a_recipes_expert_subset_is_the_same_config_with_only_the_expert_quality() -> None:
+    """Episode seeds derive from (seed, task, quality, index), so generating a recipe with
+    `--generate.qualities expert --generate.quality_episodes expert=N` gives exactly its expert episodes: the
+    fidelity check's data, addressable without filtering the mixed dataset (docs/data.md)."""
+    mixed = [ep for ep in generate_episodes(replace(SMALL, qualities=["random", "expert"], workers=1),
+                                            progress=False) if ep.quality == "expert"]
+    alone = list(generate_episodes(replace(SMALL, qualities=["expert"], workers=1), progress=False))
+    assert len(mixed) == len(alone) > 0
+    for a, b in zip(mixed, alone, strict=True):
+        _same(a, b)
+
+
 def test_quality_mix_and_worker_count_leave_the_episodes_unchanged() -> None:
     mix = replace(SMALL, qualities=["random", "expert"], quality_episodes={"random": 3})
     serial = list(generate_episodes(replace(mix, workers=1), progress=False))
