@@ -14,6 +14,8 @@ overrides the training config (repeatable), so each ablation is one command:
 
     .venv/bin/python benchmarks/fidelity.py --output outputs/fidelity                      # the documented run
     .venv/bin/python benchmarks/fidelity.py --output outputs/fid-scalar --set model.proprio_encoder=scalar
+    .venv/bin/python benchmarks/fidelity.py --output outputs/fid-mixed --dataset RUN/store/behaviour@v0001 \\
+        --tasks jaco/reach_site --episode-steps 100                 # BC and the MLP floor on data you already have
     .venv/bin/python benchmarks/fidelity.py --output /tmp/f --tasks point_mass/easy --episodes 2 \\
         --episode-steps 100 --steps 20 --eval-episodes 2                                  # plumbing smoke
 
@@ -52,6 +54,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval-episodes", type=int, default=10, help="evaluation episodes per task")
     p.add_argument("--eval-seed", type=int, default=1000, help="evaluation seed (the data's seeds are not reused)")
     p.add_argument("--no-mlp", action="store_true", help="skip the plain 2x256 MLP floor")
+    p.add_argument("--dataset", help="train on this existing dataset (local path, optionally @vNNNN; e.g. "
+                                     "mixed-quality data) instead of generated expert episodes; --tasks selects")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="training config override (repeatable), e.g. model.proprio_encoder=scalar")
     args = p.parse_args(argv)
@@ -84,7 +88,7 @@ def train_config(args: argparse.Namespace, dataset: str) -> Any:
         overrides = merge(overrides, {section: {name: value}})
     base = {"preset": args.preset, "seed": args.seed,
             "objective": {"alpha": 1.0, "beta": 0.0},
-            "data": {"dataset": dataset},
+            "data": {"dataset": dataset, "tasks": list(args.tasks.split(","))},
             "train": {"steps": args.steps, "global_batch_size": args.batch, "micro_batch_size": args.batch,
                       "checkpoint_every": args.steps, "log_every": max(args.steps // 10, 1),
                       "output": str(Path(args.output).resolve() / "run")},
@@ -204,9 +208,11 @@ class MlpFloor:
 
 def markdown(result: dict[str, Any]) -> str:
     mlp = "mlp_fidelity" in next(iter(result["tasks"].values()))
+    given = result.get("dataset", "")
+    data = (f"dataset {given}" if given and "/expert-" not in given
+            else f"{result['episodes']} expert episodes x {result['episode_steps']} steps per task")
     lines = [f"BC fidelity: preset {result['preset']}, {result['steps']} steps x batch {result['batch']}, "
-             f"{result['episodes']} expert episodes x {result['episode_steps']} steps per task, "
-             f"{result['eval_episodes']} evaluation episodes per task (seed {result['eval_seed']}); overrides: "
+             f"{data}, {result['eval_episodes']} evaluation episodes per task (seed {result['eval_seed']}); overrides: "
              f"{', '.join(result['overrides']) or 'none'}; train {result['train_s']:.0f} s",
              "",
              "| task | random | expert | BC (PAC net) | fidelity |" + (" MLP floor | MLP fidelity |" if mlp else ""),
@@ -236,7 +242,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    dataset = expert_dataset(tasks, args.episodes, args.episode_steps, Path(args.cache).resolve())
+    if args.dataset:
+        base, _, version = args.dataset.partition("@")
+        dataset = str(Path(base).resolve()) + (f"@{version}" if version else "")
+    else:
+        dataset = expert_dataset(tasks, args.episodes, args.episode_steps, Path(args.cache).resolve())
     cfg = train_config(args, dataset)
     t0 = time.perf_counter()
     trained = train(cfg)
@@ -251,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         floor = MlpFloor(trained_cfg, [manifest.tasks[t].instruction for t in tasks])
         floor.fit(args.steps)
     per_task = evaluate_all(trained.export_uri, floor, tasks, args)
-    result = {"preset": args.preset, "steps": args.steps, "batch": args.batch, "seed": args.seed,
+    result = {"preset": args.preset, "steps": args.steps, "batch": args.batch, "seed": args.seed, "dataset": dataset,
               "episodes": args.episodes, "episode_steps": args.episode_steps, "eval_episodes": args.eval_episodes,
               "eval_seed": args.eval_seed,
               "overrides": args.set, "train_s": train_s, "tasks": per_task,
