@@ -396,12 +396,28 @@ class S3Store(Store):
         import io
 
         url = self.url(key)
-        if not overwrite and self.exists(key):
-            # S3 (and the MinIO SDK) offer no portable create-if-absent; the check narrows the race to the
-            # moment between this HEAD and the PUT, which version numbering already makes unlikely.
+        if overwrite:
+            self._call(lambda: self._client.put_object(self.bucket, self._key(key), io.BytesIO(data), len(data)),
+                       f"write {url}")
+            return
+        from minio.error import S3Error
+
+        if self.exists(key):  # also on a server that ignores If-None-Match, an existing key is never replaced
             raise FileExistsError(f"{url} already exists; refusing to overwrite it")
-        self._call(lambda: self._client.put_object(self.bucket, self._key(key), io.BytesIO(data), len(data)),
-                   f"write {url}")
+
+        def create() -> None:
+            # `If-None-Match: *` makes the PUT create-if-absent on the server (S3 since 2024, MinIO, SeaweedFS):
+            # two writers racing for one key cannot both win. The SDK's public put_object has no way to send it.
+            try:
+                self._client._put_object(self.bucket, self._key(key), data, headers={"If-None-Match": "*"})
+            except S3Error as e:
+                if e.code != "PreconditionFailed":
+                    raise
+                # A retried PUT whose first attempt landed finds its own bytes: that is a success.
+                if self.get_bytes(key) != data:
+                    raise FileExistsError(f"{url} already exists; refusing to overwrite it") from None
+
+        self._call(create, f"write {url}")
 
     def get_bytes(self, key: str) -> bytes:
         def read() -> bytes:

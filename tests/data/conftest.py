@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +50,73 @@ def mixed_episodes() -> list[Episode]:
                         quality=("random", "noisy", "expert")[i % 3]) for i in range(9)]
     eps += [make_episode("point_mass/easy", 6 + 2 * i, 4, 2, seed=100 + i, low=-1.0, high=1.0) for i in range(5)]
     return eps
+
+
+def ingest_concurrently(dataset: str, storage: StorageConfig, batches: list[list[Episode]], *,
+                        append: bool = False) -> list[int]:
+    """Ingest each batch from its own thread into one dataset; returns the versions they published.
+
+    Every ingest picks its version number before reading its episodes, and each source waits for all the
+    others before it ends: so all of them claim the same number and race to publish it.
+    """
+    import threading
+
+    from pac.config import DataConfig
+    from pac.data.ingest import ingest
+
+    barrier = threading.Barrier(len(batches), timeout=60)
+    versions: list[int] = []
+    errors: list[BaseException] = []
+
+    def source(episodes: list[Episode]) -> Iterator[Episode]:
+        yield from episodes
+        barrier.wait()
+
+    def run(episodes: list[Episode]) -> None:
+        try:
+            ref = ingest(source(episodes), dataset, storage=storage, data=DataConfig(shard_mb=0.002),
+                         append=append, progress=False)
+            versions.append(ref.version)
+        except BaseException as e:  # re-raised in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(b,)) for b in batches]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return sorted(versions)
+
+
+def episode_ids(uri: str, storage: StorageConfig, cache: Path) -> list[str]:
+    """The episode ids one dataset version holds, read from its shards (sorted)."""
+    from pac.data.dataset import open_dataset
+
+    ds = open_dataset(uri, storage)
+    ids: list[str] = []
+    for info in ds.manifest.shards:
+        shard = ds.open_shard(info, cache)
+        ids += [str(i) for i in shard["episode_ids"]]
+        shard.close()
+    return sorted(ids)
+
+
+def check_concurrent_ingests(dataset: str, storage: StorageConfig, cache: Path) -> None:
+    """Four ingests race for one number, then four appends race: every version is whole, nothing is lost."""
+    batches = [[make_episode(seed=10 * k + i) for i in range(3)] for k in range(4)]
+    assert ingest_concurrently(dataset, storage, batches) == [1, 2, 3, 4]
+    published = sorted(tuple(episode_ids(f"{dataset}@v{v:04d}", storage, cache)) for v in (1, 2, 3, 4))
+    assert published == sorted(tuple(sorted(f"{e.task}#{e.provenance['seed']}" for e in b)) for b in batches)
+
+    more = [[make_episode(seed=100 + 10 * k + i) for i in range(2)] for k in range(4)]
+    assert ingest_concurrently(dataset, storage, more, append=True) == [5, 6, 7, 8]
+    # Each append that lost a number was rebased onto the winner: the newest version holds all of them.
+    added = [f"{e.task}#{e.provenance['seed']}" for b in more for e in b]
+    assert episode_ids(dataset, storage, cache) == sorted(episode_ids(f"{dataset}@v0004", storage, cache) + added)
+
+
+@pytest.fixture
+def concurrent_ingests_check() -> Callable[[str, StorageConfig, Path], None]:
+    return check_concurrent_ingests

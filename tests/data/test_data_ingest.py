@@ -225,3 +225,8 @@ def test_empty_source_is_an_error(storage: StorageConfig) -> None:
     with pytest.raises(DatasetError, match="no episodes"):
         ingest([], "empty", storage=storage, progress=False)
     assert list_versions("empty", storage) == []
+
+
+def test_concurrent_ingests_publish_whole_versions_and_lose_no_episode(storage: StorageConfig, tmp_path: Path,
+        concurrent_ingests_check) -> None:
+    concurrent_ingests_check("race", storage, tmp_path / "cache")

@@ -128,3 +128,22 @@ def test_manifest_is_written_last_on_s3(s3_env: S3Server, s3_bucket: str, episod
     ingest(source(), f"{s3_bucket}/order", storage=s3, data=SMALL, progress=False)
     assert not any(visible for visible, _ in seen) and seen[-1][1] > 0  # shards existed, the version did not
     assert all(store.exists(s.path) for s in open_dataset(f"{s3_bucket}/order", s3).manifest.shards)
+
+
+def test_concurrent_ingests_on_s3_publish_whole_versions_and_lose_no_episode(s3_env: S3Server, s3_bucket: str,
+                                                                            tmp_path: Path,
+        concurrent_ingests_check) -> None:
+    concurrent_ingests_check(f"{s3_bucket}/race", StorageConfig(endpoint=s3_env.endpoint, secure=False),
+                             tmp_path / "cache")
+
+
+def test_a_create_only_write_never_replaces_an_object_even_when_both_writers_passed_the_check(
+        s3_env: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server, not the client's existence check, decides: both writers are told the key is free."""
+    store = open_store(f"{s3_bucket}/cond", StorageConfig(endpoint=s3_env.endpoint, secure=False))
+    monkeypatch.setattr(type(store), "exists", lambda self, key: False)
+    store.put_bytes("v0001/manifest.json", b"first", overwrite=False)
+    with pytest.raises(FileExistsError, match="already exists"):
+        store.put_bytes("v0001/manifest.json", b"second", overwrite=False)
+    store.put_bytes("v0001/manifest.json", b"first", overwrite=False)  # a retry of the write that landed
+    assert store.get_bytes("v0001/manifest.json") == b"first"

@@ -3,6 +3,10 @@
 The manifest is published last and only if every episode was valid and every shard was written, so a
 crashed, killed or rejected ingest never leaves a visible version (its version directory may hold
 orphan shards, which no manifest names and no reader opens; the next ingest skips that number).
+
+Two ingests into one dataset at once both pick the same next number; the manifest is published with a
+create-if-absent write, so exactly one wins that number and the other publishes the next free one (an
+appending ingest first rebases onto the version that just won, so neither loses the other's episodes).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ MiB = 1024 * 1024
 # Buffered episodes of all tasks together may reach this many shard sizes before the largest buffer is
 # flushed early: bounds ingest memory when a source interleaves many tasks.
 _MAX_BUFFERED_SHARDS = 4
+_PUBLISH_ATTEMPTS = 20  # concurrent ingests into one dataset a publish outlasts
 
 
 def registry_tasks() -> frozenset[str]:
@@ -89,6 +94,51 @@ class _Writer:
                 self.store.delete(info.path)
             except OSError as e:
                 log.warning("could not remove orphan shard %s: %s", self.store.url(info.path), e)
+
+
+def _publish(store: Store, name: str, version: int, written: list[ShardInfo], base: Manifest | None,
+             sources: list[Mapping[str, Any]], layout: dict[str, tuple] | None) -> Manifest:
+    """Publish the manifest of `written` as the first free version from `version` on; returns it.
+
+    `layout` is None for a standalone version and the tasks' shapes for an appended one, which is rebased
+    onto whatever version a concurrent ingest published meanwhile.
+    """
+    for _ in range(_PUBLISH_ATTEMPTS):
+        # An appended version holds its parent's data, so it carries the parent's provenance too.
+        manifest = Manifest(name=name, version=version, shards=(base.shards if base else []) + written,
+                            sources=(base.sources if base else []) + [dict(s) for s in sources],
+                            parent=base.version if base else None)
+        try:
+            # Published last, never overwriting: this single object is what makes the version exist.
+            store.put_bytes(f"{version_dir(version)}/{MANIFEST_NAME}", manifest.to_json().encode(), overwrite=False)
+            return manifest
+        except FileExistsError:
+            log.info("%s@%s was published by a concurrent ingest; trying the next version", name,
+                     version_dir(version))
+        if layout is None:
+            version = max(all_version_numbers(store), default=version) + 1
+        else:  # the parent of an appended version is always the one just before it: a chain loses nothing
+            base = _latest_manifest(store)
+            _check_layout(base, layout)
+            version = base.version + 1
+    raise DatasetError(f"could not publish a version of {store.url('')}: {_PUBLISH_ATTEMPTS} concurrent ingests "
+                       "won the race for every number tried")
+
+
+def _latest_manifest(store: Store) -> Manifest:
+    for v in reversed(all_version_numbers(store)):
+        key = f"{version_dir(v)}/{MANIFEST_NAME}"
+        if store.exists(key):
+            return Manifest.from_json(store.get_bytes(key), store.url(key))
+    raise DatasetError(f"{store.url('')} has no published version to append to")
+
+
+def _check_layout(base: Manifest, layout: dict[str, tuple]) -> None:
+    for task, st in base.tasks.items():
+        shape = (st.proprio_dim, st.action_dim, None if st.image_shape is None else tuple(st.image_shape))
+        if task in layout and layout[task] != shape:
+            raise DatasetError(f"a concurrent ingest published {task} with (proprio, action, image) shapes {shape}, "
+                               f"this append holds {layout[task]}; ingest it again onto the new version")
 
 
 def _prepare(ep: Episode, name: str, allowed: Collection[str], layout: dict[str, tuple]) -> Episode:
@@ -153,8 +203,9 @@ def ingest(episodes: Iterable[Episode], dataset: str, *, storage: StorageConfig,
         allowed |= set(base.tasks)
         for task, st in base.tasks.items():
             layout[task] = (st.proprio_dim, st.action_dim, None if st.image_shape is None else tuple(st.image_shape))
-    # Skip every number a previous (possibly crashed) ingest used, published or not.
-    version = max(all_version_numbers(store), default=0) + 1
+    # A new version skips every number a previous (possibly crashed) ingest used, published or not; an appended
+    # one follows its parent directly (unpublished shards in that directory belong to no version).
+    version = base.version + 1 if base else max(all_version_numbers(store), default=0) + 1
     name = location.rstrip("/").rsplit("/", 1)[-1]
 
     with tempfile.TemporaryDirectory(prefix="pac-ingest-") as tmp:
@@ -170,17 +221,11 @@ def ingest(episodes: Iterable[Episode], dataset: str, *, storage: StorageConfig,
             if count == 0:
                 raise DatasetError(f"no episodes to ingest into {location}")
             writer.flush_all()
-            shards = (base.shards if base else []) + writer.written
-            # An appended version holds its parent's data, so it carries the parent's provenance too.
-            manifest = Manifest(name=name, version=version, shards=shards,
-                                sources=(base.sources if base else []) + [dict(s) for s in sources],
-                                parent=base.version if base else None)
-            # Published last, never overwriting: this single object is what makes the version exist.
-            store.put_bytes(f"{version_dir(version)}/{MANIFEST_NAME}", manifest.to_json().encode(), overwrite=False)
+            manifest = _publish(store, name, version, writer.written, base, list(sources), layout if append else None)
         except BaseException:
             writer.discard()
             raise
-    ref = DatasetRef(location, version)
+    ref = DatasetRef(location, manifest.version)
     log.info("published %s: %d new episodes in %d shards (%s)", ref, count, len(writer.written),
              ", ".join(f"{t}: {s.episodes}" for t, s in manifest.tasks.items()))
     return ref
