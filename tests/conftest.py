@@ -112,32 +112,73 @@ def _functional_linear_restored() -> Iterator[None]:
     F.linear = linear
 
 
+class WeedServer:
+    """One SeaweedFS S3 server process on fixed ports and a fixed data directory, so it can be stopped and started
+    again as the same endpoint with the same objects (the fault-injection tests do)."""
+
+    def __init__(self, root: Path, access_key: str, secret_key: str) -> None:
+        self.root, self.access_key, self.secret_key = root, access_key, secret_key
+        (root / "s3.json").write_text(json.dumps({"identities": [{
+            "name": "pac-test", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+        (root / "data").mkdir(exist_ok=True)
+        # Every listener gets an explicit free port: other test sessions may run their own server concurrently.
+        self.ports = _free_ports(12)
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def info(self) -> S3Server:
+        return S3Server(f"127.0.0.1:{self.ports[0]}", self.access_key, self.secret_key)
+
+    def start(self) -> None:
+        p, root = self.ports, self.root
+        cmd = [_weed_binary(), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+               f"-s3.port={p[0]}", f"-s3.port.grpc={p[1]}", f"-s3.config={root / 's3.json'}",
+               "-s3.autoCreateBucket=false", f"-master.port={p[2]}", f"-master.port.grpc={p[3]}",
+               f"-volume.port={p[4]}", f"-volume.port.grpc={p[5]}", f"-filer.port={p[6]}", f"-filer.port.grpc={p[7]}",
+               f"-admin.port={p[8]}", f"-admin.port.grpc={p[9]}", "-admin.ui=false", "-webdav=false",
+               "-s3.port.iceberg=0", "-s3.port.lance=0"]
+        log = root / "weed.log"
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=root)
+        _wait_ready(f"http://127.0.0.1:{p[0]}/", self.proc, log)
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed server (and straight away: a graceful SeaweedFS shutdown takes 4-10 s)."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A real SeaweedFS S3 server for the session; auth enforced, buckets are NOT auto-created."""
-    root = tmp_path_factory.mktemp("seaweedfs")
-    server = S3Server(endpoint="", access_key="pac-test-key", secret_key="pac-test-secret-0123456789")
-    (root / "s3.json").write_text(json.dumps({"identities": [{
-        "name": "pac-test", "credentials": [{"accessKey": server.access_key, "secretKey": server.secret_key}],
-        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    (root / "data").mkdir()
-    # Every listener gets an explicit free port: other test sessions may run their own server concurrently.
-    p = _free_ports(12)
-    cmd = [_weed_binary(), "mini", f"-dir={root / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-           f"-s3.port={p[0]}", f"-s3.port.grpc={p[1]}", f"-s3.config={root / 's3.json'}", "-s3.autoCreateBucket=false",
-           f"-master.port={p[2]}", f"-master.port.grpc={p[3]}", f"-volume.port={p[4]}", f"-volume.port.grpc={p[5]}",
-           f"-filer.port={p[6]}", f"-filer.port.grpc={p[7]}", f"-admin.port={p[8]}", f"-admin.port.grpc={p[9]}",
-           "-admin.ui=false", "-webdav=false", "-s3.port.iceberg=0", "-s3.port.lance=0"]
-    log = root / "weed.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=root)
+    server = WeedServer(tmp_path_factory.mktemp("seaweedfs"), "pac-test-key", "pac-test-secret-0123456789")
+    server.start()
     try:
-        _wait_ready(f"http://127.0.0.1:{p[0]}/", proc, log)
-        yield S3Server(f"127.0.0.1:{p[0]}", server.access_key, server.secret_key)
+        yield server.info
     finally:
-        # SIGKILL straight away: a graceful SeaweedFS shutdown takes 4-10 s, and the data is a temp dir.
-        proc.kill()
-        proc.wait()
+        server.kill()
+
+
+@pytest.fixture
+def restartable_s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WeedServer]:
+    """A test's own S3 server (started, one bucket `faults`, credentials in the environment) that the test may kill
+    and start again: same endpoint, same objects."""
+    from minio import Minio
+
+    root = tmp_path / "weed"
+    root.mkdir()
+    server = WeedServer(root, "pac-fault-key", "pac-fault-secret-0123456789")
+    server.start()
+    try:
+        for key, value in server.info.env().items():
+            monkeypatch.setenv(key, value)
+        Minio(server.info.endpoint, server.access_key, server.secret_key, secure=False).make_bucket("faults")
+        yield server
+    finally:
+        server.kill()
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ local directory or an `s3://` URI.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -29,7 +30,7 @@ import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
@@ -193,6 +194,19 @@ class Store(ABC):
         return None
 
 
+@contextlib.contextmanager
+def _writing(dest: Path) -> Iterator[None]:
+    """A local write that fails (disk full, read-only, permissions) raises StorageError naming `dest`, not a
+    traceback through a temporary name; the temporary file is already gone."""
+    try:
+        yield
+    except (StorageError, FileExistsError):
+        raise
+    except OSError as e:
+        hint = " (free space there, or write elsewhere)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise StorageError(f"cannot write {dest}: {e.strerror or e}{hint}") from e
+
+
 class LocalStore(Store):
     """A local directory (the embedded default; also a mounted PVC in the cluster)."""
 
@@ -228,12 +242,17 @@ class LocalStore(Store):
 
     def put_bytes(self, key: str, data: bytes, *, overwrite: bool = True) -> None:
         path = self._path(key)
-        tmp = self._tmp_for(path)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())  # a published manifest must never point at data still in the page cache
-        self._publish(tmp, path, overwrite)
+        with _writing(path):
+            tmp = self._tmp_for(path)
+            try:
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())  # a published manifest must never point at data still in the page cache
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            self._publish(tmp, path, overwrite)
 
     def get_bytes(self, key: str) -> bytes:
         path = self._path(key)
@@ -246,15 +265,16 @@ class LocalStore(Store):
 
     def put_file(self, key: str, path: str | Path) -> None:
         dest = self._path(key)
-        tmp = self._tmp_for(dest)
-        try:
-            shutil.copyfile(path, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        self._publish(tmp, dest, True)
+        with _writing(dest):
+            tmp = self._tmp_for(dest)
+            try:
+                shutil.copyfile(path, tmp)
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            self._publish(tmp, dest, True)
 
     def get_file(self, key: str, path: str | Path) -> str:
         src = self._path(key)
@@ -549,18 +569,19 @@ def sha256_file(path: str | Path) -> str:
 
 def _copy_hashing(open_src: Callable[[], contextlib.AbstractContextManager], dest: Path) -> str:
     """Stream a readable into `dest` via a temporary file; return the sha256 of the bytes."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=dest.parent)
-    h = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out, open_src() as src:
-            while chunk := src.read(_CHUNK):
-                h.update(chunk)
-                out.write(chunk)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with _writing(dest):
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=dest.parent)
+        h = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as out, open_src() as src:
+                while chunk := src.read(_CHUNK):
+                    h.update(chunk)
+                    out.write(chunk)
+            os.replace(tmp, dest)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return h.hexdigest()
 
 

@@ -105,10 +105,10 @@ class CheckpointStore:
                         "eta_lr_scale": cfg.objective.eta_lr_scale, "files": files}
             self.store.put_bytes(f"{t}/{MANIFEST}", json.dumps(manifest, indent=2).encode())
             for old in self.steps()[:-keep]:
-                for key in self.store.list(tag(old) + "/"):
-                    if not key.endswith(MANIFEST):
-                        self.store.delete(key)
+                # Unpublish first: a crash midway leaves orphan files, never a manifest naming deleted ones.
                 self.store.delete(f"{tag(old)}/{MANIFEST}")
+                for key in self.store.list(tag(old) + "/"):
+                    self.store.delete(key)
         dist.barrier()
         shutil.rmtree(local, ignore_errors=True)
         log.info("checkpoint %s published (%d files)", t, len(entries))
