@@ -11,6 +11,7 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -215,51 +216,79 @@ class MlflowServer:
     s3: S3Server
 
 
+class MlflowProcess:
+    """`mlflow server` as deployed (sqlite backend, artifacts proxied into an S3 bucket) on a fixed port, so it can be
+    killed and started again as the same server with the same runs (the fault-injection tests do)."""
+
+    def __init__(self, root: Path, s3: S3Server, bucket: str) -> None:
+        self.root, self.s3, self.bucket = root, s3, bucket
+        self.port = _free_ports(1)[0]
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def info(self) -> MlflowServer:
+        return MlflowServer(f"http://127.0.0.1:{self.port}", self.bucket, self.s3)
+
+    def start(self) -> None:
+        exe = Path(sys.executable).parent / "mlflow"
+        cmd = [str(exe) if exe.exists() else "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+               "--workers", "1", "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}", "--serve-artifacts",
+               "--artifacts-destination", f"s3://{self.bucket}/"]
+        # Job execution off: otherwise the server starts 7 extra workers (~3 GB) and needs twice as long to come up.
+        env = {**os.environ, **self.s3.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        log = self.root / "mlflow.log"
+        with open(log, "ab") as out:
+            # Own process group: the server forks workers, and stopping it must stop exactly those.
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=self.root, env=env,
+                                         start_new_session=True)
+        deadline = time.monotonic() + 120.0  # ~15 s on an idle 2-core machine; tests share the cores
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mlflow server exited with {self.proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health", timeout=1)
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"mlflow server not ready after 120 s:\n{log.read_text()[-3000:]}") from None
+                time.sleep(0.25)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """SIGTERM lets the server close the database (then SIGKILL what is left); `sig=SIGKILL` is a crash."""
+        import contextlib
+
+        if self.proc is None:
+            return
+        for s in (sig, signal.SIGKILL):
+            try:
+                os.killpg(self.proc.pid, s)
+            except ProcessLookupError:
+                break
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=10.0)
+        self.proc = None
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
     """A real MLflow tracking server for the session, as deployed: sqlite backend in a temp dir, artifacts proxied
     (`--serve-artifacts`) into a bucket of the S3 fixture server. Only the server holds the S3 credentials; clients
     talk HTTP to it. Tests that use it are marked `@pytest.mark.mlflow`.
     """
-    import contextlib
-    import signal
-
     from minio import Minio
 
-    root = tmp_path_factory.mktemp("mlflow")
     bucket = f"mlflow-{os.getpid()}"
     Minio(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, secure=False).make_bucket(bucket)
-    port = _free_ports(1)[0]
-    exe = Path(sys.executable).parent / "mlflow"
-    cmd = [str(exe) if exe.exists() else "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-           "--workers", "1", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--serve-artifacts",
-           "--artifacts-destination", f"s3://{bucket}/"]
-    # Job execution off: otherwise the server starts 7 extra workers (~3 GB) and needs twice as long to come up.
-    env = {**os.environ, **s3_server.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    log = root / "mlflow.log"
-    with open(log, "wb") as out:
-        # Own process group: the server forks workers, and teardown must stop exactly those.
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=root, env=env, start_new_session=True)
+    server = MlflowProcess(tmp_path_factory.mktemp("mlflow"), s3_server, bucket)
+    server.start()
     try:
-        deadline = time.monotonic() + 120.0  # ~15 s on an idle 2-core machine; tests share the cores
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"mlflow server not ready after 120 s:\n{log.read_text()[-3000:]}") from None
-                time.sleep(0.25)
-        yield MlflowServer(f"http://127.0.0.1:{port}", bucket, s3_server)
+        yield server.info
     finally:
-        # SIGTERM lets the server close the database; then SIGKILL whatever of its group is left (workers).
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10.0)
+        server.stop()
+
+
+@pytest.fixture
+def mlflow_process() -> type[MlflowProcess]:
+    """The class behind `mlflow_server`, for a test that runs (and kills) a server of its own."""
+    return MlflowProcess

@@ -422,11 +422,18 @@ class TrackingConfig:
     registered_model: str = "pac-policy"
     system_metrics: bool = True
     check_timeout_s: float = 10.0  # pre-flight check: seconds to wait for the tracking server, no retries
+    # metrics are sent from a background thread; through a server outage this many points are kept (then the
+    # oldest are dropped), and the end of a run waits this long for the rest to go out
+    max_buffered_metrics: int = 100_000
+    flush_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         _check(bool(self.experiment), "tracking.experiment", "must not be empty")
         _check(bool(self.registered_model), "tracking.registered_model", "must not be empty")
         _check(self.check_timeout_s > 0, "tracking.check_timeout_s", f"must be > 0, got {self.check_timeout_s}")
+        _check(self.max_buffered_metrics >= 1, "tracking.max_buffered_metrics",
+               f"must be >= 1, got {self.max_buffered_metrics}")
+        _check(self.flush_timeout_s >= 0, "tracking.flush_timeout_s", f"must be >= 0, got {self.flush_timeout_s}")
 
 
 @dataclass

@@ -21,6 +21,7 @@ password part of `scheme://user:password@host` URLs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -40,10 +41,12 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
+from mlflow.utils.validation import _validate_metric  # the server's own rule, checked before queueing
 
 from pac import __version__
 from pac.config import Config, TrackingConfig
 from pac.inputs import Observation, denormalize_action, normalize_proprio, task_stats
+from pac.metric_queue import MetricQueue
 from pac.networks import PerceiverActorCritic
 from pac.networks.acting import choose_actions
 from pac.training.export import CONFIG, WEIGHTS, ExportError, load_export
@@ -294,6 +297,7 @@ class Tracker:
         self._run_id: str | None = None
         self._running = False
         self._client: MlflowClient | None = None
+        self._queue: MetricQueue | None = None
 
     @property
     def run_id(self) -> str | None:
@@ -432,6 +436,8 @@ class Tracker:
             raise
         self._run_id = run.info.run_id
         self._running = True
+        self._queue = MetricQueue(functools.partial(self._send_metrics, self._run_id), where=self._where(),
+                                  max_pending=self.cfg.max_buffered_metrics)
         log.info("MLflow run %s (%s) at %s", self._run_id, "resumed" if run_id else "new", redact_uri(self.uri))
         return self._run_id
 
@@ -467,9 +473,11 @@ class Tracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Log scalar metrics at a training step.
 
-        A failure to reach the server (after MLflow's own retries) is logged as a warning, not raised: losing a
-        few points of a curve is better than losing a training job to a tracking outage. `check` and `start` have
-        already proved the configuration right before training began. An invalid metric name is a bug and raises.
+        Training never waits on the server: the points are queued and sent by a background thread
+        (`pac.metric_queue`); through an outage they are kept (up to `tracking.max_buffered_metrics`) and sent when
+        the server answers again; `end` waits up to `tracking.flush_timeout_s` for the rest. `check` and `start`
+        have already proved the configuration right before training began. An invalid metric name is a bug and
+        raises here.
 
         Args:
             metrics: name -> value (Python numbers, numpy or 0-d torch scalars).
@@ -477,16 +485,21 @@ class Tracker:
         """
         if not self.active:
             return
-        run_id = self._require_run("log_metrics")
+        self._require_run("log_metrics")
         now = int(time.time() * 1000)
         batch = [Metric(key, float(value), now, int(step)) for key, value in metrics.items()]
+        for m in batch:  # a bad name is the caller's bug: raise here, not in the sending thread
+            _validate_metric(m.key, m.value, m.timestamp, m.step)
+        assert self._queue is not None
+        self._queue.put(batch)
+
+    def _send_metrics(self, run_id: str, batch: Sequence[Metric]) -> None:
         try:
-            self.client.log_batch(run_id, metrics=batch)
+            self.client.log_batch(run_id, metrics=list(batch))
         except MlflowException as e:
-            if e.error_code == "INVALID_PARAMETER_VALUE":
-                raise
-            log.warning("could not log %d metrics at step %d to the %s: %s", len(batch), step, self._where(),
-                        e.message)
+            if e.error_code != "INVALID_PARAMETER_VALUE":
+                raise  # the queue keeps the batch and retries
+            log.error("the %s refused %d metrics (%s); dropping them", self._where(), len(batch), e.message)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """Upload a file or a directory (kept under its own name) into the run's artifacts.
@@ -597,6 +610,9 @@ class Tracker:
             return
         if status not in _STATUSES:
             raise ValueError(f"unknown run status {status!r}; use one of {', '.join(_STATUSES)}")
+        if self._queue is not None:
+            self._queue.close(self.cfg.flush_timeout_s)
+            self._queue = None
         active = mlflow.active_run()
         if active is not None and active.info.run_id == self._run_id:
             mlflow.end_run(status)  # also stops the system-metrics monitor

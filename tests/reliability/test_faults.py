@@ -6,7 +6,9 @@ default tier keeps one fast trial of each kind not covered elsewhere (SIGKILL-re
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,7 +27,7 @@ from safetensors.torch import load
 from .conftest import Record, SmallDisk, ranks, run_to_end, run_until, train_command
 
 if TYPE_CHECKING:
-    from conftest import WeedServer
+    from conftest import MlflowProcess, S3Server, WeedServer
 
 STEPS = 30
 
@@ -265,3 +267,45 @@ def test_a_full_cache_disk_fails_the_download_naming_the_path_and_keeps_no_parti
         ds.local_shard(info, cache.path)
     record(fault="disk full while caching dataset shards (1 MB tmpfs)", trials=1, survived=1,
            outcome="named error; only whole verified shards in the cache; after freeing space every shard loads")
+
+
+# -- the tracking server fails ----------------------------------------------------------------------------------
+
+
+@pytest.mark.mlflow
+@pytest.mark.reliability  # the default tier's outage is tests/test_tracking.py's (a cut connection)
+def test_mlflow_server_killed_mid_run_loses_no_metric(s3_server: S3Server, mlflow_process: Callable[..., MlflowProcess],
+                                                      tmp_path: Path, record: Record) -> None:
+    """The tracking server is SIGKILLed at a random step and started again (same database) ~15 s later: training
+    goes on, the points logged meanwhile reach the run when it is back, the run ends FINISHED with its model."""
+    from minio import Minio
+    from mlflow.tracking import MlflowClient
+
+    Minio(s3_server.endpoint, s3_server.access_key, s3_server.secret_key, secure=False).make_bucket("faults-mlflow")
+    server = mlflow_process(tmp_path, s3_server, "faults-mlflow")
+    server.start()
+    trials, rng = int(os.environ.get("PAC_FAULT_TRIALS", 3)), random.Random(2)
+    try:
+        for t in range(trials):
+            cfg = config(str(tmp_path / f"run{t}"), steps=60)
+            cfg["tracking"] = {"enabled": True, "uri": server.info.uri, "experiment": "faults",
+                               "system_metrics": False}
+            kill_at, fired = rng.randint(5, 50), []
+
+            def on_step(n: int, kill_at: int = kill_at, fired: list = fired) -> None:
+                if n >= kill_at and not fired:
+                    fired.append(n)
+                    server.stop(signal.SIGKILL)
+                    threading.Thread(target=server.start, daemon=True).start()
+
+            killed, log = run_until(train_command(cfg, tmp_path / f"o{t}", 1), 10**9, on_step=on_step)
+            assert not killed and fired and (tmp_path / f"o{t}" / "rank0.json").exists(), log[-3000:]
+            run_id = ranks(tmp_path / f"o{t}", 1)[0]["run_id"]
+            client = MlflowClient(server.info.uri)
+            assert client.get_run(run_id).info.status == "FINISHED"
+            steps = sorted(m.step for m in client.get_metric_history(run_id, "loss"))
+            assert steps == list(range(1, 61)), f"trial {t}: steps {sorted(set(range(1, 61)) - set(steps))} lost"
+    finally:
+        server.stop()
+    record(fault="MLflow server SIGKILLed mid-run, restarted (~15 s)", trials=trials, survived=trials,
+           outcome="training went on; every metric point reached the run after the restart; run FINISHED")

@@ -9,6 +9,7 @@ the newest checkpoint in `train.output` (exactly: same batches, same RNG, same M
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -221,6 +222,11 @@ def train(cfg: Config, *, source: BatchSource | None = None, eval_hook: EvalHook
                 saved_at = step
         if saved_at != step:
             _save(ckpts, engine, step, cfg, source, run_id)
+    except BaseException:
+        if world.is_main:  # the curve up to the failure reaches MLflow (queued metrics), the run says FAILED
+            with contextlib.suppress(Exception):
+                tracker.end(status="FAILED")
+        raise
     finally:
         preemption.restore()
 
