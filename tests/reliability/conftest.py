@@ -17,6 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# The fuzz tests' case counts: a few dozen per format, the same every run, in the default tier; hundreds, fresh
+# each run, for the reliability report (benchmarks/reliability.py sets PAC_HYPOTHESIS_PROFILE=reliability).
+_SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+settings.register_profile("default-tier", max_examples=25, deadline=None, derandomize=True, database=None,
+                          suppress_health_check=_SLOW_OK)
+settings.register_profile("reliability", max_examples=300, deadline=None, database=None,
+                          suppress_health_check=_SLOW_OK)
+settings.load_profile(os.environ.get("PAC_HYPOTHESIS_PROFILE", "default-tier"))
 
 DRIVER = Path(__file__).parents[1] / "training" / "driver.py"
 _STEP = re.compile(r"step (\d+)/\d+ ")

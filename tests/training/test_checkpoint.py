@@ -188,11 +188,18 @@ def test_a_planted_pickle_is_refused_and_never_runs(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-def test_export_loads_back_without_pickle(tmp_path: Path) -> None:
+def test_export_loads_back_without_pickle_and_damaged_weights_are_refused(tmp_path: Path) -> None:
     run_synthetic(cfg_dict(str(tmp_path / "run"), steps=2))
     net, cfg = load_export(tmp_path / "run" / "export")
     assert cfg.preset == "tiny" and cfg.train.steps == 2
     assert sum(p.numel() for p in net.parameters()) > 0
+
+    weights = tmp_path / "run" / "export" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-5] ^= 0x10  # one bit of one weight: the file still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match="model.safetensors does not match the checksum it was exported with"):
+        load_export(tmp_path / "run" / "export")
 
 
 @pytest.mark.parametrize("zero_stage", [0, 2, 3])

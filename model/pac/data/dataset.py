@@ -12,6 +12,7 @@ a version directory (`.../NAME/v0002`).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import re
@@ -145,6 +146,9 @@ class Dataset:
         if shard.task != info.task or shard.num_episodes != info.episodes:
             raise ShardError(f"shard {shard.name} holds {shard.num_episodes} episodes of {shard.task!r}; the "
                              f"manifest says {info.episodes} of {info.task!r}")
+        offsets = shard.step_offsets.tolist()
+        if [b - a for a, b in itertools.pairwise(offsets)] != list(info.episode_lengths):
+            raise ShardError(f"shard {shard.name}: its episode lengths differ from the manifest's")
         return shard
 
 

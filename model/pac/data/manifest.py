@@ -139,6 +139,53 @@ def task_stats(shards: Sequence[ShardInfo]) -> dict[str, TaskStats]:
     return out
 
 
+def _is(value: Any, kind: type) -> bool:
+    """JSON type check: bool is not an int here, an int is a float."""
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+
+
+# ShardInfo field -> (JSON type, element type of a list / value type of a dict, or None)
+_SHARD_FIELDS: dict[str, tuple[type, type | None]] = {
+    "path": (str, None), "sha256": (str, None), "bytes": (int, None), "task": (str, None), "episodes": (int, None),
+    "transitions": (int, None), "proprio_dim": (int, None), "action_dim": (int, None),
+    "instructions": (list, str), "episode_lengths": (list, int), "episode_returns": (list, float),
+    "qualities": (dict, int), "policies": (dict, int), "proprio_mean": (list, float), "proprio_m2": (list, float),
+    "observations": (int, None), "action_low": (list, float), "action_high": (list, float),
+}
+
+
+def _check_shard_entry(s: dict[str, Any], where: str) -> None:
+    """Types and internal consistency of one shard entry: the loader indexes episodes by these numbers."""
+    for key, (kind, item) in _SHARD_FIELDS.items():
+        value = s[key]
+        items = value.values() if isinstance(value, dict) else value
+        if not _is(value, kind) or (item is not None and not all(_is(v, item) for v in items)):
+            raise ManifestError(f"{where}: {key} must be a {kind.__name__}"
+                                f"{f' of {item.__name__}' if item else ''}, got {value!r:.80}")
+    image = s["image_shape"]
+    if image is not None and not (_is(image, list) and len(image) == 3 and all(_is(v, int) and v > 0 for v in image)):
+        raise ManifestError(f"{where}: image_shape must be null or [H, W, 3], got {image!r:.80}")
+    lengths = s["episode_lengths"]
+    checks = [
+        (s["episodes"] >= 1 and len(lengths) == s["episodes"] == len(s["episode_returns"]),
+         "episodes, episode_lengths and episode_returns disagree"),
+        (all(n >= 1 for n in lengths) and sum(lengths) == s["transitions"],
+         "episode_lengths do not sum to transitions"),
+        (s["observations"] == s["transitions"] + s["episodes"], "observations != transitions + episodes"),
+        (s["proprio_dim"] >= 1 and len(s["proprio_mean"]) == len(s["proprio_m2"]) == s["proprio_dim"],
+         "proprio statistics do not match proprio_dim"),
+        (s["action_dim"] >= 1 and len(s["action_low"]) == len(s["action_high"]) == s["action_dim"],
+         "action bounds do not match action_dim"),
+        (sum(s["qualities"].values()) == s["episodes"], "qualities do not count the episodes"),
+        (s["bytes"] >= 0 and len(s["sha256"]) == 64, "bytes or sha256 malformed"),
+    ]
+    for ok, what in checks:
+        if not ok:
+            raise ManifestError(f"{where}: {what}")
+
+
 @dataclass
 class Manifest:
     """A published dataset version. `tasks`, `counts` and `qualities` are derived from `shards`."""
@@ -199,12 +246,20 @@ class Manifest:
         names = {f.name for f in dataclasses.fields(ShardInfo)}
         try:
             shards = []
+            if not isinstance(doc["shards"], list) or not all(isinstance(s, dict) for s in doc["shards"]):
+                raise ManifestError(f"manifest {where}: shards must be a list of shard entries")
             for i, s in enumerate(doc["shards"]):
                 unknown, missing = set(s) - names, names - set(s)
                 if unknown or missing:
                     raise ManifestError(f"manifest {where}: shard entry {i} has unknown field(s) {sorted(unknown)} "
                                         f"/ lacks field(s) {sorted(missing)}")
+                _check_shard_entry(s, f"manifest {where}: shard entry {i}")
                 shards.append(ShardInfo(**s))
+            for key, kind in (("name", str), ("version", int), ("created", str), ("sources", list)):
+                if key in doc and not _is(doc[key], kind):
+                    raise ManifestError(f"manifest {where}: {key} must be a {kind.__name__}, got {doc[key]!r}")
+            if doc.get("parent") is not None and not _is(doc["parent"], int):
+                raise ManifestError(f"manifest {where}: parent must be a version number, got {doc['parent']!r}")
             return Manifest(name=doc["name"], version=int(doc["version"]), shards=shards,
                             sources=list(doc.get("sources", [])), created=doc["created"], parent=doc.get("parent"))
         except KeyError as e:

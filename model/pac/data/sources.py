@@ -70,9 +70,17 @@ def _episode(where: str, values: Mapping[str, Any], strings: Mapping[str, str], 
 
 
 def _npz_episodes(path: Path, over: Overrides) -> Iterator[Episode]:
-    # allow_pickle=False: an episode file is data, never code.
-    with np.load(path, allow_pickle=False) as z:
-        values = {k: z[k] for k in z.files}
+    try:
+        # allow_pickle=False: an episode file is data, never code.
+        with np.load(path, allow_pickle=False) as z:
+            values = {k: z[k] for k in z.files}
+    except ValueError as e:
+        if "allow_pickle" in str(e):
+            raise EpisodeError(f"{path}: holds a pickled (object) array; episode files must hold plain arrays, "
+                               "and pickles are never loaded") from None
+        raise EpisodeError(f"{path}: not a readable .npz episode file ({e})") from e
+    except Exception as e:  # a damaged zip fails in many ways (zlib, zipfile, OSError, NotImplementedError, ...)
+        raise EpisodeError(f"{path}: not a readable .npz episode file ({type(e).__name__}: {e})") from e
     strings = {k: _as_str(values.pop(k)) for k in OPTIONAL_STRINGS if k in values}
     yield _episode(str(path), values, strings, over, source=str(path))
 
@@ -88,27 +96,40 @@ def _h5_group(group: Any, where: str, over: Overrides, source: str) -> Episode:
 
     values: dict[str, Any] = {}
     strings: dict[str, str] = {}
-    for key, item in group.items():
-        if not isinstance(item, h5py.Dataset):
-            continue
-        if key in OPTIONAL_STRINGS:
-            strings[key] = _as_str(item[()])
-        else:
-            values[key] = item[()]
-    for key in OPTIONAL_STRINGS:
-        if key in group.attrs and key not in strings:
-            strings[key] = _as_str(group.attrs[key])
+    try:
+        for key, item in group.items():
+            if not isinstance(item, h5py.Dataset):
+                continue
+            if key in OPTIONAL_STRINGS:
+                strings[key] = _as_str(item[()])
+            else:
+                values[key] = item[()]
+        for key in OPTIONAL_STRINGS:
+            if key in group.attrs and key not in strings:
+                strings[key] = _as_str(group.attrs[key])
+    except Exception as e:  # a damaged dataset or attribute: h5py raises OSError, KeyError, RuntimeError, ...
+        raise EpisodeError(f"{where}: damaged HDF5 episode ({type(e).__name__}: {e})") from e
     return _episode(where, values, strings, over, source=source)
 
 
 def _h5_episodes(path: Path, over: Overrides) -> Iterator[Episode]:
     import h5py
 
-    with h5py.File(path, "r") as f:
-        if "actions" in f:
+    try:
+        f = h5py.File(path, "r")
+    except Exception as e:  # not HDF5, truncated, damaged superblock: h5py raises OSError and others
+        raise EpisodeError(f"{path}: not a readable HDF5 episode file ({type(e).__name__}: {e})") from e
+    with f:
+        try:
+            root = "actions" in f
+            groups = [] if root else [k for k in sorted(f.keys()) if isinstance(f[k], h5py.Group)]
+        except EpisodeError:
+            raise
+        except Exception as e:
+            raise EpisodeError(f"{path}: damaged HDF5 episode file ({type(e).__name__}: {e})") from e
+        if root:
             yield _h5_group(f, str(path), over, str(path))
             return
-        groups = [k for k in sorted(f.keys()) if isinstance(f[k], h5py.Group)]
         if not groups:
             raise EpisodeError(f"{path}: no episode: expected the episode keys in the root group or one group per "
                                f"episode")

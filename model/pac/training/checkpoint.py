@@ -115,13 +115,17 @@ class CheckpointStore:
 
     def manifest(self, step: int) -> dict[str, Any]:
         key = f"{tag(step)}/{MANIFEST}"
+        where = self.store.url(key)
         try:
             data = json.loads(self.store.get_bytes(key))
-        except json.JSONDecodeError as e:
-            raise CheckpointError(f"{self.store.url(key)} is not valid JSON: {e}") from e
+        except ValueError as e:  # not JSON, or not UTF-8
+            raise CheckpointError(f"{where} is not valid JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{where} must hold a JSON object, not {type(data).__name__}")
         if data.get("format") != FORMAT:
-            raise CheckpointError(f"{self.store.url(key)} has checkpoint format {data.get('format')!r}; "
+            raise CheckpointError(f"{where} has checkpoint format {data.get('format')!r}; "
                                   f"this version reads format {FORMAT}")
+        _check_manifest(data, where)
         return data
 
     def load(self, engine: Any, step: int, cfg: Config) -> dict[str, Any]:
@@ -162,6 +166,22 @@ class CheckpointStore:
                                   "to load it: checkpoints are never unpickled beyond tensors") from e
         state = json.loads((local / f"trainer_rank{self.rank:03d}.json").read_text())
         return state
+
+
+def _check_manifest(data: dict[str, Any], where: str) -> None:
+    """The fields `load` reads, with their JSON types: a damaged manifest is a named error, not a KeyError."""
+    def integer(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    checks = {"step": integer, "world_size": lambda v: integer(v) and v >= 1, "zero_stage": integer,
+              "preset": lambda v: isinstance(v, str), "model": lambda v: isinstance(v, dict),
+              "files": lambda v: isinstance(v, dict) and all(
+                  isinstance(k, str) and isinstance(m, dict) and isinstance(m.get("sha256"), str)
+                  and integer(m.get("bytes")) for k, m in v.items())}
+    for key, ok in checks.items():
+        if key not in data or not ok(data[key]):
+            raise CheckpointError(f"{where}: {key} is missing or malformed ({data.get(key)!r:.80}); the checkpoint "
+                                  "manifest is damaged")
 
 
 def _owned_by(name: str, rank: int) -> bool:

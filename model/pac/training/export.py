@@ -8,13 +8,14 @@ Layout of an export directory:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from pac.config import Config, ConfigError
@@ -37,11 +38,21 @@ def save_export(state_dict: dict[str, torch.Tensor], cfg: Config, directory: str
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to(torch.float32).contiguous().cpu() for k, v in state_dict.items()}
     tmp = directory / (WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"preset": cfg.preset})
+    save_file(tensors, str(tmp), metadata={"preset": cfg.preset, "sha256": weights_digest(tensors)})
     tmp.replace(directory / WEIGHTS)
     (directory / (CONFIG + ".tmp")).write_text(json.dumps(cfg.to_dict(), indent=2))
     (directory / (CONFIG + ".tmp")).replace(directory / CONFIG)
     return directory
+
+
+def weights_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over the tensors' names, dtypes, shapes and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
 
 
 def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tuple[PerceiverActorCritic, Config]:
@@ -52,13 +63,26 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tu
         if not p.is_file():
             raise ExportError(f"{p} does not exist: not a PAC export directory (expected {CONFIG} + {WEIGHTS})")
     try:
-        cfg = Config.from_dict(upgrade_legacy(json.loads(cfg_path.read_text()), str(directory)))
-    except (json.JSONDecodeError, ConfigError) as e:
+        raw = json.loads(cfg_path.read_bytes())
+    except ValueError as e:  # not JSON, or not UTF-8
+        raise ExportError(f"{cfg_path} is not valid JSON: {e}") from e
+    if not isinstance(raw, dict):
+        raise ExportError(f"{cfg_path} must hold a JSON object (a PAC config), not {type(raw).__name__}")
+    try:
+        cfg = Config.from_dict(upgrade_legacy(raw, str(directory)))
+    except ConfigError as e:
         raise ExportError(f"{cfg_path} is not a valid PAC config: {e}") from e
     try:
         state = load_file(str(w_path), device=str(device))
+        with safe_open(str(w_path), framework="pt") as f:
+            saved = (f.metadata() or {}).get("sha256")
     except (SafetensorError, OSError) as e:
         raise ExportError(f"{w_path} is corrupt or truncated: {e}") from e
+    # The header parses whatever the tensor bytes hold; the digest saved beside them catches flipped bits there
+    # (exports written before it was recorded have none and load unchecked).
+    if saved is not None and saved != weights_digest(state):
+        raise ExportError(f"{w_path} does not match the checksum it was exported with: the weights were damaged "
+                          "after export; refusing them")
     net = build_model(cfg.model, device)
     load_state_dict_checked(net, state, str(w_path), cfg.preset)
     return net, cfg
