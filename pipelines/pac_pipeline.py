@@ -48,10 +48,15 @@ class ClusterSettings:
     step_cpu: str = "1"
     step_memory: str = "4G"
     io_retries: int = 3  # retries of steps that only move data (ingest, register)
+    # retries of a training step whose pod died (evicted, OOM-killed, node lost): the retry finds the run's
+    # checkpoints under <output_root>/<run id>/ and resumes from the last one
+    train_retries: int = 2
 
     def __post_init__(self) -> None:
         if self.rounds < 0:
             raise ValueError(f"rounds must be >= 0, got {self.rounds}")
+        if self.train_retries < 0:
+            raise ValueError(f"train_retries must be >= 0, got {self.train_retries}")
         if self.accelerator_limit < 1:
             raise ValueError(f"accelerator_limit must be >= 1, got {self.accelerator_limit}")
 
@@ -96,7 +101,9 @@ def build(settings: ClusterSettings | None = None) -> Any:
             task.set_cpu_request(s.step_cpu).set_memory_request(s.step_memory)
         if io:
             task.set_retry(num_retries=s.io_retries, backoff_duration="30s")
-        else:
+        elif training and s.train_retries:
+            task.set_retry(num_retries=s.train_retries, backoff_duration="60s")
+        if not io:
             task.set_caching_options(False)  # training and rollouts are not bit-reproducible across machines
         return task
 

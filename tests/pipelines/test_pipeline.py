@@ -68,6 +68,11 @@ def test_cluster_settings_are_compiled_into_the_ir(tmp_path: Path) -> None:
                  if "pretrain" in n]
     assert resources[0]["accelerator"]["resourceType"] == "nvidia.com/gpu"
     assert resources[0]["accelerator"]["resourceCount"] == "2"
+    # A training pod that dies is retried, and the retry resumes from the run's checkpoints
+    # (tests/reliability/test_faults.py kills one and reruns it).
+    retries = {name: t.get("retryPolicy", {}).get("maxRetryCount") for name, t in tasks.items()}
+    assert retries["pretrain"] == settings.train_retries == 2
+    assert all(n for t, n in retries.items() if t.startswith("finetune"))
 
 
 def test_bad_pipeline_parameters_are_rejected_before_submission() -> None:
@@ -133,3 +138,17 @@ def test_the_local_pipeline_run_leaves_data_runs_reports_and_a_champion(
     assert main(["registry", "promote", "1", "--reason", "re-reviewed", *store]) == 0
     assert main(["registry", "list", *store]) == 0
     assert "manual-promote" in capsys.readouterr().out
+
+
+def test_local_runs_started_in_the_same_second_get_directories_of_their_own(tmp_path: Path) -> None:
+    import threading
+
+    from pac.cli.pipeline import new_run_dir
+
+    got: list[Path] = []
+    threads = [threading.Thread(target=lambda: got.append(new_run_dir(tmp_path, "20261206-101010"))) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(got)) == 6 and all(p.is_dir() and p.parent == tmp_path for p in got)

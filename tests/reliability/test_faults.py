@@ -308,3 +308,55 @@ def test_mlflow_server_killed_mid_run_loses_no_metric(s3_server: S3Server, mlflo
         server.stop()
     record(fault="MLflow server SIGKILLed mid-run, restarted (~15 s)", trials=trials, survived=trials,
            outcome="training went on; every metric point reached the run after the restart; run FINISHED")
+
+
+# -- a pipeline step dies ---------------------------------------------------------------------------------------
+
+_STEP_SCRIPT = """
+import json, sys
+from kfp.dsl import Dataset, Model
+from pac.components import steps
+
+dataset = Dataset(name="data", uri="", metadata={{"uri": {dataset!r}}})
+model = Model(name="model", uri="", metadata={{}})
+steps.pretrain.python_func(overrides={overrides!r}, dataset=dataset, output={output!r}, model=model)
+print("MODEL", json.dumps(model.metadata))
+"""
+
+
+@pytest.mark.reliability
+def test_a_killed_pretrain_step_rerun_resumes_from_its_last_checkpoint(tmp_path: Path, record: Record) -> None:
+    """The KFP pretrain component, SIGKILLed at a random step (its pod evicted) and run again with the same
+    arguments, as KFP's retry does: it resumes from the run's last checkpoint and exports the same weights as a
+    run that was never killed."""
+    import json
+    import sys
+
+    storage = StorageConfig(root=str(tmp_path / "store"))
+    ref = ingest(_episodes(12, 0, steps=50), "behaviour", storage=storage, progress=False)
+    overrides = json.dumps({"preset": "tiny", "seed": 3, "objective": {"num_action_samples": 4},
+                            "data": {"tasks": ["cartpole/balance"]},
+                            "train": {"steps": STEPS, "global_batch_size": 8, "precision": "fp32",
+                                      "warmup_steps": 0, "log_every": 1, "checkpoint_every": 3},
+                            "tracking": {"enabled": False}})
+
+    def step_command(output: Path) -> list[str]:
+        return [sys.executable, "-c", _STEP_SCRIPT.format(dataset=str(ref), overrides=overrides, output=str(output))]
+
+    whole = run_to_end(step_command(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stdout[-2000:] + whole.stderr[-2000:]
+    trials, rng, resumed_at = 3, random.Random(3), []
+    for t in range(trials):
+        cmd = step_command(tmp_path / f"killed{t}")
+        killed, log = run_until(cmd, rng.randint(4, STEPS - 2))
+        assert killed, log[-2000:]
+        again = run_to_end(cmd)
+        assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+        said = again.stdout + again.stderr
+        assert "resumed from" in said, said[-2000:]
+        resumed_at.append(int(said.split("resumed from", 1)[1].split("at step", 1)[1].split()[0]))
+        a, b = (_weights(str(p / "export")) for p in (tmp_path / f"killed{t}", tmp_path / "whole"))
+        assert all(torch.allclose(a[k], b[k], rtol=1e-6, atol=1e-7) for k in b), f"trial {t}: weights differ"
+    record(fault="KFP pretrain step SIGKILLed at a random step, rerun with the same arguments", trials=trials,
+           survived=trials, outcome=f"each rerun resumed (from steps {sorted(resumed_at)}) and exported the weights "
+           "of the run that was never killed")

@@ -120,13 +120,30 @@ def run_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def new_run_dir(base: Path, stamp: str) -> Path:
+    """A directory of its own for one run: `base/<stamp>`, or `<stamp>-2`, `-3`, ... when runs started in the same
+    second (created atomically, so two concurrent runs never share one)."""
+    base.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        out = base / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            continue
+    raise ConfigError(f"{base} holds 10,000 runs started at {stamp}; pass --output")
+
+
 def run_local(args: argparse.Namespace) -> int:
     from kfp import local
 
     from pac.pipelines.pac_pipeline import build
 
-    out = Path(args.output or f"outputs/pipeline/{time.strftime('%Y%m%d-%H%M%S')}").resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    if args.output:
+        out = Path(args.output).resolve()
+        out.mkdir(parents=True, exist_ok=True)
+    else:
+        out = new_run_dir(Path("outputs/pipeline").resolve(), time.strftime("%Y%m%d-%H%M%S"))
     overrides, params = _overrides(args.config), list(args.param)
     if args.stores == "embedded":
         params.append(f"output_root={out / 'runs'}")
