@@ -329,3 +329,72 @@ def test_fuzzed_checkpoints(valid_run: Path, record: Record) -> None:
 
     case()
     tally.report(record, "fuzzed checkpoints met by a resuming run (manifest values replaced, files' bytes flipped)")
+
+
+@pytest.fixture(scope="module")
+def valid_minari(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small Minari dataset made by Minari's own DataCollector (MuJoCo InvertedPendulum, random actions)."""
+    import os
+
+    gym = pytest.importorskip("gymnasium")
+    from minari import DataCollector
+
+    root = tmp_path_factory.mktemp("minari")
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        env = DataCollector(gym.make("InvertedPendulum-v5", max_episode_steps=8))
+        env.action_space.seed(0)
+        for seed in range(4):
+            env.reset(seed=seed)
+            while True:
+                _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+                if terminated or truncated:
+                    break
+        with pytest.warns(UserWarning, match="eval_env"):
+            env.create_dataset(dataset_id="pac/fuzz/random-v0", algorithm_name="random", author="pac tests",
+                               author_email="pac@example.com", code_permalink="https://example.com",
+                               description="PAC fuzz data")
+        env.close()
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+    return root / "pac" / "fuzz" / "random-v0"
+
+
+def test_fuzzed_minari_datasets(valid_minari: Path, record: Record) -> None:
+    import shutil
+
+    from pac.data.sources import Overrides, open_source
+
+    tally = Tally()
+    files = sorted(p.relative_to(valid_minari).as_posix() for p in valid_minari.rglob("*") if p.is_file())
+
+    @given(data=st.data())
+    def case(data: st.DataObject) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / "ds"
+            shutil.copytree(valid_minari, copy)
+            target = copy / data.draw(st.sampled_from(files))
+            if target.suffix == ".json" and data.draw(st.booleans()):
+                target.write_text(json.dumps(mutate_json(json.loads(target.read_text()), data.draw)))
+            else:
+                target.write_bytes(corrupt(target.read_bytes(), data.draw))
+            storage = StorageConfig(root=str(Path(tmp) / "store"))
+
+            def read() -> None:
+                episodes, _ = open_source(f"minari:{copy}", Overrides(task="gym/inverted_pendulum",
+                                                                      instruction="Balance the pole."))
+                try:
+                    ingest(episodes, "fuzz", storage=storage, allowed_tasks={"gym/inverted_pendulum"},
+                           progress=False)
+                except NAMED:
+                    assert list_versions("fuzz", storage) == []
+                    raise
+
+            tally.check(read)
+
+    case()
+    tally.report(record, "fuzzed Minari datasets (metadata values replaced, HDF5 bytes flipped or cut off)")

@@ -206,25 +206,38 @@ def minari_episodes(dataset: str, over: Overrides) -> Iterator[Episode]:
             ds = minari.MinariDataset(path / "data" if (path / "data").is_dir() else path)
         else:
             ds = minari.load_dataset(dataset, download=False)
-    except (FileNotFoundError, ValueError) as e:
+    except Exception as e:  # missing, or damaged metadata / HDF5: minari and h5py raise many kinds
         raise EpisodeError(f"minari:{dataset}: cannot open the Minari dataset "
                            f"(MINARI_DATASETS_PATH={os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}): "
-                           f"{e}") from e
-    space = ds.action_space
+                           f"{type(e).__name__}: {e}") from e
+    try:
+        space = ds.action_space
+    except Exception as e:
+        raise EpisodeError(f"minari:{dataset}: unreadable action space ({type(e).__name__}: {e})") from e
     if not isinstance(space, gym.spaces.Box):
         raise EpisodeError(f"minari:{dataset}: action space {space} is not continuous (Box); PAC needs Box actions")
     low = np.asarray(space.low, dtype=np.float32).reshape(-1)
     high = np.asarray(space.high, dtype=np.float32).reshape(-1)
     over = Overrides(over.task, over.instruction, over.quality,
                      {**over.extra_provenance, "minari_dataset": ds.id})
-    for ep in ds.iterate_episodes():
-        where = f"minari:{ds.id} episode {ep.id}"
-        proprio, images = _flatten_obs(ep.observations, where)
-        actions = np.asarray(ep.actions)
-        values = {"proprio": proprio, "images": images, "actions": actions.reshape(actions.shape[0], -1),
-                  "rewards": np.asarray(ep.rewards, dtype=np.float32),
-                  "discounts": 1.0 - np.asarray(ep.terminations, dtype=np.float32),
-                  "action_low": low, "action_high": high}
+    episodes = iter(ds.iterate_episodes())
+    while True:
+        where = f"minari:{ds.id}"  # until the next episode is read
+        try:
+            ep = next(episodes, None)
+            if ep is None:
+                return
+            where = f"minari:{ds.id} episode {ep.id}"
+            proprio, images = _flatten_obs(ep.observations, where)
+            actions = np.asarray(ep.actions)
+            values = {"proprio": proprio, "images": images, "actions": actions.reshape(actions.shape[0], -1),
+                      "rewards": np.asarray(ep.rewards, dtype=np.float32),
+                      "discounts": 1.0 - np.asarray(ep.terminations, dtype=np.float32),
+                      "action_low": low, "action_high": high}
+        except EpisodeError:
+            raise
+        except Exception as e:  # a damaged episode group: h5py raises OSError, KeyError, ValueError, ...
+            raise EpisodeError(f"{where}: unreadable ({type(e).__name__}: {e})") from e
         yield _episode(where, values, {"episode_id": f"{ds.id}/{ep.id}"}, over, source=f"minari:{ds.id}")
 
 
