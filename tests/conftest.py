@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -117,11 +118,12 @@ class WeedServer:
     """One SeaweedFS S3 server process on fixed ports and a fixed data directory, so it can be stopped and started
     again as the same endpoint with the same objects (the fault-injection tests do)."""
 
-    def __init__(self, root: Path, access_key: str, secret_key: str) -> None:
+    def __init__(self, root: Path, access_key: str, secret_key: str,
+                 more_identities: list[dict[str, Any]] | None = None) -> None:
         self.root, self.access_key, self.secret_key = root, access_key, secret_key
         (root / "s3.json").write_text(json.dumps({"identities": [{
             "name": "pac-test", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}, *(more_identities or [])]}))
         (root / "data").mkdir(exist_ok=True)
         # Every listener gets an explicit free port: other test sessions may run their own server concurrently.
         self.ports = _free_ports(12)
@@ -292,3 +294,32 @@ def mlflow_server(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory)
 def mlflow_process() -> type[MlflowProcess]:
     """The class behind `mlflow_server`, for a test that runs (and kills) a server of its own."""
     return MlflowProcess
+
+
+def _random_episodes(n: int, seed: int, steps: int = 20) -> list[Any]:
+    """n valid cartpole/balance episodes of random values (ids `<seed>-<i>`), for storage and fault tests."""
+    import numpy as np
+    from pac.data.schema import Episode
+
+    rng = np.random.default_rng(seed)
+    eps = []
+    for i in range(n):
+        eps.append(Episode(task="cartpole/balance", instruction="balance the pole",
+                           proprio=rng.normal(size=(steps + 1, 5)).astype(np.float32),
+                           actions=rng.uniform(-1, 1, (steps, 1)).astype(np.float32),
+                           rewards=rng.uniform(0, 1, steps).astype(np.float32),
+                           discounts=np.ones(steps, np.float32), action_low=-np.ones(1, np.float32),
+                           action_high=np.ones(1, np.float32), quality="expert", policy="test",
+                           provenance={"source": "faults"}, episode_id=f"{seed}-{i}"))
+    return eps
+
+
+@pytest.fixture
+def random_episodes() -> Callable[..., list[Any]]:
+    return _random_episodes
+
+
+@pytest.fixture
+def weed_server() -> type[WeedServer]:
+    """The class behind `s3_server`, for a test that runs a server of its own (own identities, restarts)."""
+    return WeedServer

@@ -7,7 +7,7 @@ import http.server
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,7 +26,8 @@ from pac.storage import (
 )
 
 if TYPE_CHECKING:
-    from conftest import S3Server
+    from conftest import S3Server, WeedServer
+    from pac.data.schema import Episode
 
 
 def _s3_cfg(server: S3Server, **kw: object) -> StorageConfig:
@@ -240,3 +241,45 @@ def test_transient_errors_are_retried_with_backoff(flaky_endpoint, monkeypatch: 
     with pytest.raises(StorageError, match="SlowDown"):
         few.get_bytes("obj")
     assert handler.hits == 2
+
+
+def test_pac_needs_no_more_than_its_own_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               weed_server: type[WeedServer],
+                                               random_episodes: Callable[..., list[Episode]]) -> None:
+    """Credentials scoped to one bucket (the chart's external mode with docs/deployment.md's policy): ingest,
+    load, train and export against that bucket work, and the same credentials are refused on any other."""
+    from minio import Minio
+    from pac.config import Config
+    from pac.data.dataset import open_dataset
+    from pac.data.ingest import ingest
+    from pac.data.synthetic import SyntheticSource
+    from pac.training.loop import train
+
+    key = {"accessKey": "pac-scoped-key", "secretKey": "pac-scoped-secret-0"}
+    scoped = {"name": "pac-scoped", "credentials": [key],
+              "actions": [f"{a}:pac-own" for a in ("Read", "Write", "List", "Tagging")]}
+    (tmp_path / "weed").mkdir()
+    server = weed_server(tmp_path / "weed", "pac-admin-key", "pac-admin-secret-0123", more_identities=[scoped])
+    server.start()
+    try:
+        admin = Minio(server.info.endpoint, server.access_key, server.secret_key, secure=False)
+        admin.make_bucket("pac-own")
+        admin.make_bucket("someone-else")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", server.info.url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "pac-scoped-key")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "pac-scoped-secret-0")
+        storage = StorageConfig(secure=False)
+        ref = ingest(random_episodes(4, 0), "s3://pac-own/store/behaviour", storage=storage, progress=False)
+        assert open_dataset(str(ref), storage).manifest.counts["episodes"] == 4
+        cfg = Config.from_dict({"preset": "tiny", "objective": {"num_action_samples": 4}, "storage": {"secure": False},
+                                "train": {"steps": 2, "global_batch_size": 8, "micro_batch_size": 8,
+                                          "precision": "fp32", "output": "s3://pac-own/store/runs/a"},
+                                "tracking": {"enabled": False}})
+        train(cfg, source=SyntheticSource(cfg.model, 8, seed=0))
+        assert open_store("s3://pac-own/store/runs/a", storage).exists("export/model.safetensors")
+        with pytest.raises(StorageAuthError):
+            ingest(random_episodes(1, 1), "s3://someone-else/behaviour", storage=storage, progress=False)
+        with pytest.raises(StorageAuthError):
+            open_store("s3://someone-else", storage).list("")
+    finally:
+        server.kill()

@@ -104,22 +104,6 @@ def _wait_up(server: WeedServer, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
-def _episodes(n: int, seed: int, steps: int = 20) -> list[Episode]:
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    eps = []
-    for i in range(n):
-        eps.append(Episode(task="cartpole/balance", instruction="balance the pole",
-                           proprio=rng.normal(size=(steps + 1, 5)).astype(np.float32),
-                           actions=rng.uniform(-1, 1, (steps, 1)).astype(np.float32),
-                           rewards=rng.uniform(0, 1, steps).astype(np.float32),
-                           discounts=np.ones(steps, np.float32), action_low=-np.ones(1, np.float32),
-                           action_high=np.ones(1, np.float32), quality="expert", policy="test",
-                           provenance={"source": "faults"}, episode_id=f"{seed}-{i}"))
-    return eps
-
-
 def ingest_trial(server: WeedServer, dataset: str, episodes: list[Episode], kill_at: int, down_s: float,
                  cache: Path) -> str:
     """Ingest while the server dies after `kill_at` episodes; returns the outcome ('published' or 'refused').
@@ -155,15 +139,16 @@ def ingest_trial(server: WeedServer, dataset: str, episodes: list[Episode], kill
 
 @pytest.mark.s3
 @pytest.mark.parametrize("trials", [1, pytest.param(12, marks=pytest.mark.reliability)])
-def test_s3_server_killed_mid_ingest_publishes_the_whole_version_or_none(trials: int, restartable_s3: WeedServer,
-                                                                         tmp_path: Path, record: Record) -> None:
+def test_s3_server_killed_mid_ingest_publishes_the_whole_version_or_none(
+        trials: int, restartable_s3: WeedServer, tmp_path: Path, record: Record,
+        random_episodes: Callable[..., list[Episode]]) -> None:
     rng = random.Random(0)
     outcomes = []
     for t in range(trials):
         # Most outages end within the retries' ~8-15 s; every fourth outlasts them and the ingest must give up.
         down = 30.0 if t % 4 == 3 else rng.uniform(0.5, 4.0)
-        outcomes.append(ingest_trial(restartable_s3, f"s3://faults/ingest{t}", _episodes(8, t), rng.randint(1, 7),
-                                     down, tmp_path / "cache"))
+        outcomes.append(ingest_trial(restartable_s3, f"s3://faults/ingest{t}", random_episodes(8, t),
+                                     rng.randint(1, 7), down, tmp_path / "cache"))
     record(fault="S3 server SIGKILLed mid-ingest, restarted after 0.5-4 s (or 30 s)", trials=trials,
            survived=trials, outcome=f"{outcomes.count('published')} whole versions published after retries, "
            f"{outcomes.count('refused')} ingests refused with StorageError and nothing visible")
@@ -248,9 +233,10 @@ def test_a_full_disk_stops_checkpointing_naming_the_path_and_the_last_checkpoint
 
 @pytest.mark.s3
 def test_a_full_cache_disk_fails_the_download_naming_the_path_and_keeps_no_partial_shard(
-        small_disk: Callable[[int], SmallDisk], s3_bucket: str, record: Record) -> None:
+        small_disk: Callable[[int], SmallDisk], s3_bucket: str, record: Record,
+        random_episodes: Callable[..., list[Episode]]) -> None:
     storage = StorageConfig(secure=False)
-    ingest(_episodes(40, 0, steps=2000), f"{s3_bucket}/big", storage=storage, data=DataConfig(shard_mb=0.4),
+    ingest(random_episodes(40, 0, steps=2000), f"{s3_bucket}/big", storage=storage, data=DataConfig(shard_mb=0.4),
            progress=False)
     ds = open_dataset(f"{s3_bucket}/big", storage)
     assert sum(s.bytes for s in ds.manifest.shards) > 1024 * 1024
@@ -325,7 +311,8 @@ print("MODEL", json.dumps(model.metadata))
 
 
 @pytest.mark.reliability
-def test_a_killed_pretrain_step_rerun_resumes_from_its_last_checkpoint(tmp_path: Path, record: Record) -> None:
+def test_a_killed_pretrain_step_rerun_resumes_from_its_last_checkpoint(
+        tmp_path: Path, record: Record, random_episodes: Callable[..., list[Episode]]) -> None:
     """The KFP pretrain component, SIGKILLed at a random step (its pod evicted) and run again with the same
     arguments, as KFP's retry does: it resumes from the run's last checkpoint and exports the same weights as a
     run that was never killed."""
@@ -333,7 +320,7 @@ def test_a_killed_pretrain_step_rerun_resumes_from_its_last_checkpoint(tmp_path:
     import sys
 
     storage = StorageConfig(root=str(tmp_path / "store"))
-    ref = ingest(_episodes(12, 0, steps=50), "behaviour", storage=storage, progress=False)
+    ref = ingest(random_episodes(12, 0, steps=50), "behaviour", storage=storage, progress=False)
     overrides = json.dumps({"preset": "tiny", "seed": 3, "objective": {"num_action_samples": 4},
                             "data": {"tasks": ["cartpole/balance"]},
                             "train": {"steps": STEPS, "global_batch_size": 8, "precision": "fp32",
