@@ -243,6 +243,7 @@ def test_transient_errors_are_retried_with_backoff(flaky_endpoint, monkeypatch: 
     assert handler.hits == 2
 
 
+@pytest.mark.s3
 def test_pac_needs_no_more_than_its_own_bucket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                weed_server: type[WeedServer],
                                                random_episodes: Callable[..., list[Episode]]) -> None:
