@@ -323,3 +323,38 @@ def random_episodes() -> Callable[..., list[Any]]:
 def weed_server() -> type[WeedServer]:
     """The class behind `s3_server`, for a test that runs a server of its own (own identities, restarts)."""
     return WeedServer
+
+
+def _make_minari_dataset(root: Path, dataset_id: str, episodes: int) -> Path:
+    """A small Minari dataset under `root` made by Minari's own DataCollector (MuJoCo InvertedPendulum, random
+    actions; a short time limit mixes truncated episodes with ones where the pole falls). Returns its directory."""
+    gym = pytest.importorskip("gymnasium")
+    from minari import DataCollector
+
+    old = os.environ.get("MINARI_DATASETS_PATH")
+    os.environ["MINARI_DATASETS_PATH"] = str(root)
+    try:
+        env = DataCollector(gym.make("InvertedPendulum-v5", max_episode_steps=8))
+        env.action_space.seed(0)
+        for seed in range(episodes):
+            env.reset(seed=seed)
+            while True:
+                _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+                if terminated or truncated:
+                    break
+        with pytest.warns(UserWarning, match="eval_env"):
+            env.create_dataset(dataset_id=dataset_id, algorithm_name="random", author="pac tests",
+                               author_email="pac@example.com", code_permalink="https://example.com",
+                               description="PAC test data")
+        env.close()
+    finally:
+        if old is None:
+            os.environ.pop("MINARI_DATASETS_PATH", None)
+        else:
+            os.environ["MINARI_DATASETS_PATH"] = old
+    return root.joinpath(*dataset_id.split("/"))
+
+
+@pytest.fixture(scope="session")
+def make_minari_dataset() -> Callable[[Path, str, int], Path]:
+    return _make_minari_dataset

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -119,26 +120,10 @@ def test_cli_ingest_and_inspect(episode_factory, tmp_path: Path, capsys: pytest.
 
 
 @pytest.fixture
-def minari_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A small Minari dataset made with Minari's own DataCollector (MuJoCo InvertedPendulum, random actions)."""
-    gym = pytest.importorskip("gymnasium")
-    from minari import DataCollector
-
+def minari_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make_minari_dataset: Callable[..., Path]) -> str:
+    """A small Minari dataset made with Minari's own DataCollector, found through MINARI_DATASETS_PATH."""
     monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
-    # A short time limit mixes truncated episodes with ones that terminate (the pole falls).
-    env = DataCollector(gym.make("InvertedPendulum-v5", max_episode_steps=8))
-    env.action_space.seed(0)
-    for seed in range(8):
-        env.reset(seed=seed)
-        while True:
-            _, _, terminated, truncated, _ = env.step(env.action_space.sample())
-            if terminated or truncated:
-                break
-    with pytest.warns(UserWarning, match="eval_env"):
-        env.create_dataset(dataset_id="pac/invpend/random-v0", algorithm_name="random", author="pac tests",
-                           author_email="pac@example.com", code_permalink="https://example.com",
-                           description="PAC ingestion test data")
-    env.close()
+    make_minari_dataset(tmp_path / "minari", "pac/invpend/random-v0", 8)
     return "pac/invpend/random-v0"
 
 

@@ -332,36 +332,8 @@ def test_fuzzed_checkpoints(valid_run: Path, record: Record) -> None:
 
 
 @pytest.fixture(scope="module")
-def valid_minari(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small Minari dataset made by Minari's own DataCollector (MuJoCo InvertedPendulum, random actions)."""
-    import os
-
-    gym = pytest.importorskip("gymnasium")
-    from minari import DataCollector
-
-    root = tmp_path_factory.mktemp("minari")
-    old = os.environ.get("MINARI_DATASETS_PATH")
-    os.environ["MINARI_DATASETS_PATH"] = str(root)
-    try:
-        env = DataCollector(gym.make("InvertedPendulum-v5", max_episode_steps=8))
-        env.action_space.seed(0)
-        for seed in range(4):
-            env.reset(seed=seed)
-            while True:
-                _, _, terminated, truncated, _ = env.step(env.action_space.sample())
-                if terminated or truncated:
-                    break
-        with pytest.warns(UserWarning, match="eval_env"):
-            env.create_dataset(dataset_id="pac/fuzz/random-v0", algorithm_name="random", author="pac tests",
-                               author_email="pac@example.com", code_permalink="https://example.com",
-                               description="PAC fuzz data")
-        env.close()
-    finally:
-        if old is None:
-            os.environ.pop("MINARI_DATASETS_PATH", None)
-        else:
-            os.environ["MINARI_DATASETS_PATH"] = old
-    return root / "pac" / "fuzz" / "random-v0"
+def valid_minari(tmp_path_factory: pytest.TempPathFactory, make_minari_dataset: Callable[..., Path]) -> Path:
+    return make_minari_dataset(tmp_path_factory.mktemp("minari"), "pac/fuzz/random-v0", 4)
 
 
 def test_fuzzed_minari_datasets(valid_minari: Path, record: Record) -> None:
