@@ -36,6 +36,7 @@ class MetricQueue:
         self._dropped = 0  # oldest points pushed out of a full queue
         self._cond = threading.Condition()
         self._closing = False
+        self._deadline = float("inf")  # when closing: the moment to give up on an unreachable server
         self._outage_since: float | None = None
         self._thread = threading.Thread(target=self._run, name="pac-metrics", daemon=True)
         self._thread.start()
@@ -55,7 +56,7 @@ class MetricQueue:
         """Send what is queued, waiting at most `timeout_s`; returns how many points were never sent."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            self._closing = True
+            self._closing, self._deadline = True, deadline
             self._cond.notify()
         self._thread.join(max(0.0, deadline - time.monotonic()))
         with self._cond:
@@ -86,9 +87,10 @@ class MetricQueue:
                     self._pending.extendleft(reversed(batch))  # back in front, in step order
                     self._inflight = 0
                     self._trim()
-                    if self._closing:
+                    left = self._deadline - time.monotonic()
+                    if left <= 0:
                         return  # close() waited long enough for a server that does not answer
-                    self._cond.wait(self._retry_s)
+                    self._cond.wait(min(self._retry_s, left))
                 continue
             with self._cond:
                 self._inflight = 0
