@@ -79,7 +79,7 @@ def _npz_episodes(path: Path, over: Overrides) -> Iterator[Episode]:
             raise EpisodeError(f"{path}: holds a pickled (object) array; episode files must hold plain arrays, "
                                "and pickles are never loaded") from None
         raise EpisodeError(f"{path}: not a readable .npz episode file ({e})") from e
-    except Exception as e:  # a damaged zip fails in many ways (zlib, zipfile, OSError, NotImplementedError, ...)
+    except Exception as e:  # a damaged zip fails in many ways (zlib, zipfile, OSError, unsupported methods, ...)
         raise EpisodeError(f"{path}: not a readable .npz episode file ({type(e).__name__}: {e})") from e
     strings = {k: _as_str(values.pop(k)) for k in OPTIONAL_STRINGS if k in values}
     yield _episode(str(path), values, strings, over, source=str(path))
