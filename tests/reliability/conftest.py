@@ -6,6 +6,7 @@ Every trial's outcome goes to the JSON-lines file named by `$PAC_RELIABILITY_REP
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -68,7 +69,7 @@ def train_command(cfg: dict, out: Path, nproc: int) -> list[str]:
 
 def run_until(cmd: list[str], step: int, *, on_step: Callable[[int], None] | None = None,
               timeout: float = 600.0) -> tuple[bool, str]:
-    """Run `cmd` and SIGKILL its whole process group (every rank) once it logs `step`.
+    """Run `cmd` and SIGKILL it with every process it started (every rank) once it logs `step`.
 
     Returns (killed, output); killed is False when the run ended first. `on_step(n)` sees every logged step
     (the S3 fault trials stop the server from it) without killing anything unless it raises.
@@ -88,15 +89,29 @@ def run_until(cmd: list[str], step: int, *, on_step: Callable[[int], None] | Non
             if on_step is not None:
                 on_step(n)
             if n >= step:
-                os.killpg(proc.pid, signal.SIGKILL)
+                kill_tree(proc)
                 killed = True
                 break
         proc.wait(timeout=timeout)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_tree(proc)
     return killed, "".join(lines)
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL a process and every descendant at once, as a lost node: torchrun starts its ranks in sessions of
+    their own, so killing its process group would leave them training."""
+    import psutil
+
+    try:
+        family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for p in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.send_signal(signal.SIGKILL)
+    proc.wait()
 
 
 def run_to_end(cmd: list[str], timeout: float = 600.0) -> subprocess.CompletedProcess:
