@@ -284,3 +284,22 @@ def test_pac_needs_no_more_than_its_own_bucket(tmp_path: Path, monkeypatch: pyte
             open_store("s3://someone-else", storage).list("")
     finally:
         server.kill()
+
+
+def test_a_dropped_connection_while_downloading_stays_retryable_and_a_failed_write_names_the_file(
+        tmp_path: Path) -> None:
+    import contextlib
+    import io
+
+    from pac.storage import _copy_hashing
+
+    class Dropping(io.BytesIO):
+        def read(self, n: int = -1) -> bytes:
+            raise ConnectionResetError("connection reset by peer")
+
+    with pytest.raises(ConnectionResetError):  # not a StorageError: S3Store._call retries connection errors
+        _copy_hashing(lambda: contextlib.nullcontext(Dropping()), tmp_path / "shard.npz")
+    bad = tmp_path / ("x" * 300) / "shard.npz"  # a directory name longer than any filesystem allows
+    with pytest.raises(StorageError, match="cannot write .*shard.npz: File name too long"):
+        _copy_hashing(lambda: contextlib.nullcontext(io.BytesIO(b"x")), bad)
+    assert list(tmp_path.iterdir()) == []  # no temporary left behind

@@ -197,10 +197,11 @@ class Store(ABC):
 @contextlib.contextmanager
 def _writing(dest: Path) -> Iterator[None]:
     """A local write that fails (disk full, read-only, permissions) raises StorageError naming `dest`, not a
-    traceback through a temporary name; the temporary file is already gone."""
+    traceback through a temporary name; the temporary file is already gone. A connection error while streaming
+    from a store passes through untouched: the caller's retries decide about it."""
     try:
         yield
-    except (StorageError, FileExistsError):
+    except (StorageError, FileExistsError, ConnectionError, TimeoutError):
         raise
     except OSError as e:
         hint = " (free space there, or write elsewhere)" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
