@@ -89,7 +89,8 @@ def test_shared_instructions_encode_and_train_as_if_each_sample_were_alone() -> 
         zi.square().sum().backward()
     for n, p in net.named_parameters():
         if n in shared:
-            torch.testing.assert_close(shared[n], p.grad, atol=1e-4, rtol=1e-4, msg=n)
+            scale = p.grad.abs().max().item()  # summation-order error grows with the gradient's size
+            torch.testing.assert_close(shared[n], p.grad, atol=1e-5 * scale, rtol=1e-4, msg=n)
 
 
 def test_masked_action_dimensions_do_not_change_q(net) -> None:
