@@ -57,11 +57,13 @@ class ModelConfig:
     decoder_layers: int = 1  # cross-attention layers in each decoder
     max_proprio_dims: int = 96  # longest state vector the proprio encoder takes (shorter ones are padded and masked)
     # vector: the whole padded state vector -> MLP -> `proprio_tokens` tokens (as JAT); scalar: one token per
-    # scalar (value embedding + learned position). Compared in docs/learner.md
-    proprio_encoder: Literal["vector", "scalar"] = "scalar"
+    # scalar (value embedding + learned position). vector learns the arm (BC on mixed data 0.14 where scalar stays
+    # at 0.00) and is level on the suite's tasks (0.61 vs 0.63 on three tasks); docs/learner.md
+    proprio_encoder: Literal["vector", "scalar"] = "vector"
     proprio_tokens: int = 4  # tokens the vector encoder emits
-    # sin/cos of each (standardised) state value at periods 8, 4, ..., 8/2^(bands-1); 0: the value only
-    proprio_fourier_bands: int = 8
+    # sin/cos of each (standardised) state value at periods 8, 4, ..., 8/2^(bands-1); 0: the value only.
+    # 0 for the vector encoder (bands cost it the arm: 0.49 -> 0.00); 8 is the scalar encoder's best (docs/learner.md)
+    proprio_fourier_bands: int = 0
     # task: standardise each task's state with its training data's mean and std (the manifest's statistics, as
     # TD3+BC and IQL do), recorded below when a run starts and kept through finetuning; none: raw values
     proprio_norm: Literal["task", "none"] = "task"

@@ -13,7 +13,7 @@ from typing import Any
 from pac.config import ConfigError, ModelConfig
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # CPU presets (<= 2M parameters): unit tests, the local demo, the quality benchmark.
+    # CPU presets (<= 2.5M parameters): unit tests, the local demo, the quality benchmark.
     "tiny": {},
     "tiny-wide": {"d_model": 128, "num_latents": 32, "num_blocks": 3},
     "small-cpu": {"d_model": 144, "num_latents": 32, "num_blocks": 4, "num_heads": 8},

@@ -121,7 +121,7 @@ def test_checkpoint_of_another_eta_parameterisation_is_a_named_mismatch(tmp_path
 
 def test_checkpoint_with_other_encoder_features_is_a_named_mismatch(tmp_path: Path) -> None:
     out = str(tmp_path / "run")
-    run_synthetic({**cfg_dict(out, steps=2), "model": {"proprio_fourier_bands": 0}})
+    run_synthetic({**cfg_dict(out, steps=2), "model": {"proprio_fourier_bands": 8}})
     with pytest.raises(CheckpointError, match=r"model fields differ \(proprio_fourier_bands\)"):
         run_synthetic(cfg_dict(out, steps=4))
 
