@@ -58,7 +58,7 @@ class ModelConfig:
     max_proprio_dims: int = 96  # longest state vector the proprio encoder takes (shorter ones are padded and masked)
     # vector: the whole padded state vector -> MLP -> `proprio_tokens` tokens (as JAT); scalar: one token per
     # scalar (value embedding + learned position). vector learns the arm (BC on mixed data 0.14 where scalar stays
-    # at 0.00) and is level on the suite's tasks (0.61 vs 0.63 on three tasks); docs/learner.md
+    # at 0.00) and is close on the suite's tasks (0.61 / 0.59 vs 0.63 / 0.66 on three tasks, two seeds); docs/learner.md
     proprio_encoder: Literal["vector", "scalar"] = "vector"
     proprio_tokens: int = 4  # tokens the vector encoder emits
     # sin/cos of each (standardised) state value at periods 8, 4, ..., 8/2^(bands-1); 0: the value only.
