@@ -62,7 +62,8 @@ class ModelConfig:
     proprio_encoder: Literal["vector", "scalar"] = "vector"
     proprio_tokens: int = 4  # tokens the vector encoder emits
     # sin/cos of each (standardised) state value at periods 8, 4, ..., 8/2^(bands-1); 0: the value only.
-    # 0 for the vector encoder (bands cost it the arm: 0.49 -> 0.00); 8 is the scalar encoder's best (docs/learner.md)
+    # 0 for the vector encoder (bands cost it the arm, 0.49 -> 0.00, measured before the initialisation fix); 8 is
+    # the scalar encoder's best (docs/learner.md)
     proprio_fourier_bands: int = 0
     # task: standardise each task's state with its training data's mean and std (the manifest's statistics, as
     # TD3+BC and IQL do), recorded below when a run starts and kept through finetuning; none: raw values
