@@ -1,0 +1,251 @@
+"""Offline RL above its peers (issue 17): BC, BC+Q and PAC from our code beside d3rlpy's BC, %BC, TD3+BC and IQL,
+on one existing dataset, in one resumable run.
+
+Everyone reads the same episodes (a published dataset version, e.g. the realistic benchmark of
+`pac data generate --config benchmark --dataset benchmark`) and is evaluated by the project's one rollout on
+the same seeded episodes with the same random/maximum references:
+
+- **ours**: one multi-task model per method and training seed over every task, the same preset, steps, batch
+  and learning rate (`benchmarks/quality.py` trains, probes and evaluates each: `pac.training.loop.train` with
+  MLflow off, greedy acting as a user gets it);
+- **peers**: one d3rlpy model per task, algorithm and seed at d3rlpy's defaults (`benchmarks/peers.py`, in
+  the peers' own environment: `benchmarks/peers-setup` makes `.venv-peers`; d3rlpy is never a product
+  dependency).
+
+Every (method, seed) and (task, peer, seed) unit writes its result under `--output` when it finishes and is
+not redone: a killed run continues where it stopped, and two processes with different `--seeds` may share one
+output folder (two at a time on a 2-core machine). Each invocation writes `results.md` / `results.json` from
+every unit present: per-task and mean normalised scores, each method's training wall time for all tasks (ours:
+one model; peers: summed over their per-task models), and our methods minus BC paired by seed (95% t-interval).
+
+    pac data generate --config benchmark --dataset benchmark --storage.root outputs/store       # 1.5 min
+    .venv/bin/python benchmarks/compare.py --dataset benchmark --storage-root outputs/store \\
+        --output outputs/compare --seeds 0                          # and --seeds 1, --seeds 2 beside it
+    .venv/bin/python benchmarks/compare.py --dataset control --storage-root /tmp/store --output /tmp/cmp \\
+        --steps 20 --peer-steps 50 --eval-episodes 2 --episode-steps 50                        # plumbing smoke
+
+Runtimes and the documented tables: docs/quality.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from peers import ALGOS, LABELS, PeersUnavailable, check_peers, export_task, run_one  # this folder is on sys.path
+from quality import METHODS, ExpertStates, paired_table, run_method
+
+log = logging.getLogger("compare")
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--dataset", required=True, help="dataset name or URI (optionally @vNNNN)")
+    p.add_argument("--storage-root", default="outputs/store", help="storage.root the dataset lives under")
+    p.add_argument("--output", default="outputs/compare", help="output folder (units in it are reused)")
+    p.add_argument("--tasks", default="", help="comma-separated task ids (default: every task of the dataset)")
+    p.add_argument("--methods", default=",".join(METHODS), help="our methods: subset of BC,BC+Q,PAC")
+    p.add_argument("--peers", default=",".join(ALGOS), help=f"d3rlpy peers: subset of {','.join(ALGOS)}; "
+                                                            "empty for none")
+    p.add_argument("--seeds", default="0,1,2", help="training seeds (ours and the peers')")
+    p.add_argument("--preset", default="tiny", help="our model size preset (every method)")
+    p.add_argument("--steps", type=int, default=3000, help="our training steps per method")
+    p.add_argument("--batch-size", type=int, default=256, help="our global batch size")
+    p.add_argument("--peer-steps", type=int, default=20_000, help="gradient steps per peer model (d3rlpy's "
+                                                                  "batch sizes: 256 for TD3+BC and IQL)")
+    p.add_argument("--eval-episodes", type=int, default=10, help="evaluation episodes per task (same seeds)")
+    p.add_argument("--episode-steps", type=int, default=0,
+                   help="evaluation episode length (0: the dataset's longest episode)")
+    p.add_argument("--eval-seed", type=int, default=1000, help="base seed of the evaluation episodes")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads of our training")
+    p.add_argument("--python", type=Path, default=Path(".venv-peers/bin/python"),
+                   help="the peers' interpreter (benchmarks/peers-setup)")
+    args = p.parse_args(argv)
+    args.methods = [m for m in args.methods.split(",") if m]
+    args.peers = [a for a in args.peers.split(",") if a]
+    if bad := sorted(set(args.methods) - set(METHODS)):
+        p.error(f"--methods: unknown {bad}; choose from {', '.join(METHODS)}")
+    if bad := sorted(set(args.peers) - set(ALGOS)):
+        p.error(f"--peers: unknown {bad}; choose from {', '.join(ALGOS)}")
+    try:
+        args.seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        p.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
+    if not args.seeds:
+        p.error("--seeds: name at least one seed")
+    return args
+
+
+def read_episodes(args: argparse.Namespace) -> tuple[Any, dict[str, list[Any]]]:
+    """The dataset and its episodes per selected task; SystemExit naming a task without episodes."""
+    from pac.config import DataConfig, StorageConfig
+    from pac.data.dataset import DatasetError, default_cache_dir, open_dataset
+
+    storage = StorageConfig(root=str(Path(args.storage_root).resolve()))
+    try:
+        ds = open_dataset(args.dataset, storage)
+    except DatasetError as e:
+        raise SystemExit(f"compare.py: {e}; make it with `pac data generate --config benchmark --dataset "
+                         f"benchmark --storage.root {args.storage_root}`") from e
+    tasks = [t for t in args.tasks.split(",") if t] or list(ds.manifest.tasks)
+    by_task: dict[str, list[Any]] = {t: [] for t in tasks}
+    cache = default_cache_dir(DataConfig(), storage)
+    for info in ds.manifest.shards:
+        if info.task in by_task:
+            by_task[info.task].extend(ds.open_shard(info, cache).episodes())
+    if empty := [t for t, eps in by_task.items() if not eps]:
+        raise SystemExit(f"compare.py: {ds.uri} has no episodes for {', '.join(empty)} (its tasks: "
+                         f"{', '.join(ds.manifest.tasks)}); generate them with `pac data generate`")
+    return ds, by_task
+
+
+def quality_args(args: argparse.Namespace, tasks: list[str]) -> argparse.Namespace:
+    """The namespace `quality.run_method` reads: this run's budget, every other setting at its default."""
+    from quality import parse_args as quality_parse
+
+    q = quality_parse(["--tasks", ",".join(tasks), "--preset", args.preset, "--steps", str(args.steps),
+                       "--batch-size", str(args.batch_size), "--eval-episodes", str(args.eval_episodes),
+                       "--episode-steps", str(args.episode_steps), "--eval-seed", str(args.eval_seed),
+                       "--threads", str(args.threads), "--output", args.output])
+    q.data_seed = 0  # seeds the critic probe's random actions only: the data already exists
+    return q
+
+
+def expert_probes(by_task: dict[str, list[Any]]) -> dict[str, ExpertStates]:
+    """States and normalised actions of each task's expert episodes (quality's critic probe); none: no probe."""
+    from pac.inputs import normalize_action
+
+    probes = {}
+    for task, episodes in by_task.items():
+        experts = [ep for ep in episodes if ep.quality == "expert"]
+        if experts:
+            probes[task] = ExpertStates(experts[0].instruction, np.concatenate([ep.proprio[:-1] for ep in experts]),
+                                        np.concatenate([normalize_action(ep.actions, ep.action_low, ep.action_high)
+                                                        for ep in experts]))
+    return probes
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Atomically: a half-written unit is never taken for a finished one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(value, indent=1) + "\n")
+    partial.replace(path)
+
+
+def run_ours(args: argparse.Namespace, dataset: str, by_task: dict[str, list[Any]]) -> None:
+    root = Path(args.output).resolve()
+    qargs = quality_args(args, list(by_task))
+    probes = expert_probes(by_task)
+    for method in args.methods:
+        for seed in args.seeds:
+            path = root / "ours" / f"{method}-seed{seed}.json"
+            if path.exists():
+                continue
+            result = run_method(qargs, method, seed, dataset, root, probes)
+            result["steps"], result["batch_size"], result["preset"] = args.steps, args.batch_size, args.preset
+            write_json(path, result)
+
+
+def run_peers(args: argparse.Namespace, by_task: dict[str, list[Any]]) -> None:
+    out = Path(args.output).resolve() / "peers"
+    pargs = argparse.Namespace(output=str(out), python=args.python, steps=args.peer_steps,
+                               eval_episodes=args.eval_episodes, episode_steps=args.episode_steps,
+                               eval_seed=args.eval_seed)
+    for task, episodes in by_task.items():
+        data = out / "data" / f"{task.replace('/', '_')}.npz"
+        if not data.exists():
+            export_task(episodes, data)
+        for algo in args.peers:
+            for seed in args.seeds:
+                r = run_one(pargs, task, algo, seed, data)
+                log.info("%s %s seed %d: normalised %.3f (trained in %.0f s)", task, LABELS[algo], seed,
+                         r["normalized_score"], r["train_seconds"])
+
+
+# --------------------------------------------------------------------------------------------- the report
+
+
+def collect(root: Path, tasks: list[str]) -> tuple[dict[str, dict[int, dict[str, Any]]], list[dict[str, Any]]]:
+    """Every finished unit under `root`: ours as {method: {seed: result}}, the peers' as a list."""
+    ours: dict[str, dict[int, dict[str, Any]]] = {}
+    for method in METHODS:
+        for path in sorted((root / "ours").glob(f"{method}-seed*.json")):
+            r = json.loads(path.read_text())
+            ours.setdefault(method, {})[int(r["seed"])] = r
+    peers = [json.loads(p.read_text()) for p in sorted((root / "peers" / "runs").glob("*/*/eval.json"))]
+    return ours, [r for r in peers if r["task"] in tasks]
+
+
+def report(root: Path, tasks: list[str], dataset: str, command: str) -> str:
+    """Markdown: one row per method (ours, then the peers), per-task means over seeds, wall time per model."""
+    ours, peers = collect(root, tasks)
+    rows: list[tuple[str, list[float], int, float]] = []  # label, per-task score, seeds, train seconds per seed
+    for method, runs in ours.items():
+        scores = [float(np.mean([r["report"]["tasks"][t]["normalized_score"] for r in runs.values()])) for t in tasks]
+        rows.append((f"{method} (ours, one model)", scores, len(runs),
+                     float(np.mean([r["train_s"] for r in runs.values()]))))
+    for algo in ALGOS:
+        mine = [r for r in peers if r["algo"] == algo]
+        if not {r["task"] for r in mine} >= set(tasks):
+            continue  # a peer is reported once it has every task
+        seeds = sorted({r["seed"] for r in mine})
+        scores = [float(np.mean([r["normalized_score"] for r in mine if r["task"] == t])) for t in tasks]
+        rows.append((f"{LABELS[algo]} (per task)", scores, len(seeds),
+                     sum(r["train_seconds"] for r in mine) / len(seeds)))
+    head = "| method | " + " | ".join(tasks) + " | **mean** | seeds | training, all tasks |"
+    lines = [head, "|---" + "|---:" * (len(tasks) + 3) + "|"]
+    for label, scores, seeds, seconds in rows:
+        lines.append(f"| {label} | " + " | ".join(f"{s:.3f}" for s in scores)
+                     + f" | **{np.mean(scores):.3f}** | {seeds} | {seconds / 60:.1f} min |")
+    md = ["# Offline RL beside its peers", "", f"Command: `.venv/bin/python {command}`", "", f"Data: `{dataset}`",
+          "", "Normalised score (0 = uniform random, 1 = maximum return), mean over training seeds; training wall "
+          "time per seed (ours: one model for every task; peers: summed over their per-task models).", "",
+          *lines, ""]
+    paired = paired_table(ours) if "BC" in ours else ""
+    if paired:
+        md += ["## Ours, paired by training seed", "", paired, ""]
+    return "\n".join(md)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("absl", "OpenGL", "deepspeed", "DeepSpeed", "matplotlib", "pac.data", "pac.evaluation"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if args.peers:  # before any training: a missing environment must not surface after an hour
+        try:
+            log.info("peers: d3rlpy %s", check_peers(args.python))
+        except PeersUnavailable as e:
+            raise SystemExit(f"compare.py: {e} (or pass --peers '' to compare our methods only)") from e
+    ds, by_task = read_episodes(args)
+    if not args.episode_steps:
+        args.episode_steps = max(max(ep.length for ep in eps) for eps in by_task.values())
+    import torch
+
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    run_ours(args, ds.uri, by_task)
+    run_peers(args, by_task)
+    root = Path(args.output).resolve()
+    command = "benchmarks/compare.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = report(root, list(by_task), ds.uri, command)
+    (root / "results.md").write_text(text + f"\nThis invocation: {(time.perf_counter() - start) / 60:.1f} min.\n")
+    ours, peers = collect(root, list(by_task))
+    write_json(root / "results.json", {"dataset": ds.uri, "tasks": list(by_task), "ours": ours, "peers": peers})
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The comparison with the offline-RL peers (`benchmarks/compare.py`, issue 17): its refusals before any work, and
+(heavy) a reduced-budget run of every method and peer that writes the table and resumes without redoing a unit."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from pac.config import GenerateConfig, StorageConfig
+from pac.data.generate import generate_episodes
+from pac.data.ingest import ingest
+
+ROOT = Path(__file__).resolve().parents[1]
+PEERS_PYTHON = ROOT / ".venv-peers" / "bin" / "python"
+
+
+@pytest.fixture()
+def compare(benchmark_module: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it imports quality and peers, as a script does
+    return benchmark_module("compare")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("store")
+    cfg = GenerateConfig(tasks=["point_mass/easy"], qualities=["random", "expert"], episodes_per_policy=2,
+                         episode_steps=30, workers=1)
+    ingest(generate_episodes(cfg, progress=False), "mixed", storage=StorageConfig(root=str(root)))
+    return root
+
+
+def test_missing_peers_fail_before_any_work(compare: ModuleType, store: Path, tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="benchmarks/peers-setup"):
+        compare.main(["--dataset", "mixed", "--storage-root", str(store), "--output", str(tmp_path / "out"),
+                      "--python", str(tmp_path / "no-such-python")])
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_task_without_episodes_or_a_missing_dataset_is_named(compare: ModuleType, store: Path,
+                                                                tmp_path: Path) -> None:
+    common = ["--storage-root", str(store), "--output", str(tmp_path / "out"), "--peers", ""]
+    with pytest.raises(SystemExit, match="no episodes for reacher/easy"):
+        compare.main(["--dataset", "mixed", "--tasks", "point_mass/easy,reacher/easy", *common])
+    with pytest.raises(SystemExit, match="pac data generate --config benchmark"):
+        compare.main(["--dataset", "no-such-dataset", *common])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.heavy
+def test_reduced_budget_run_scores_every_method_and_resumes(compare: ModuleType, store: Path, tmp_path: Path) -> None:
+    peers = "bc,pbc,td3bc,iql" if PEERS_PYTHON.exists() else ""
+    args = ["--dataset", "mixed", "--storage-root", str(store), "--output", str(tmp_path / "out"), "--seeds", "0,1",
+            "--steps", "20", "--batch-size", "16", "--peer-steps", "30", "--eval-episodes", "2", "--peers", peers]
+    assert compare.main(args) == 0
+    out = tmp_path / "out"
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["ours"]) == {"BC", "BC+Q", "PAC"}
+    for runs in results["ours"].values():
+        assert set(runs) == {"0", "1"}
+        assert all(math.isfinite(r["report"]["tasks"]["point_mass/easy"]["normalized_score"]) for r in runs.values())
+    assert len(results["peers"]) == (8 if peers else 0)  # 4 peers x 2 seeds x 1 task
+    assert all(math.isfinite(r["normalized_score"]) for r in results["peers"])
+    table = (out / "results.md").read_text()
+    assert "| PAC (ours, one model) |" in table and "Ours, paired by training seed" in table
+    if peers:
+        assert "| d3rlpy IQL (per task) |" in table
+    # resumable: a second invocation finds every unit and trains nothing
+    stamps = {p: p.stat().st_mtime for p in out.glob("ours/*.json")}
+    assert compare.main(args) == 0
+    assert {p: p.stat().st_mtime for p in out.glob("ours/*.json")} == stamps
+    assert (out / "results.md").read_text().split("This invocation")[0] == table.split("This invocation")[0]
