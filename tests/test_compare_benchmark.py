@@ -51,7 +51,8 @@ def test_a_task_without_episodes_or_a_missing_dataset_is_named(compare: ModuleTy
 
 
 @pytest.mark.heavy
-def test_reduced_budget_run_scores_every_method_and_resumes(compare: ModuleType, store: Path, tmp_path: Path) -> None:
+def test_reduced_budget_run_scores_every_method_and_resumes(compare: ModuleType, store: Path, tmp_path: Path,
+                                                           benchmark_module: Callable[[str], ModuleType]) -> None:
     peers = "bc,pbc,td3bc,iql" if PEERS_PYTHON.exists() else ""
     args = ["--dataset", "mixed", "--storage-root", str(store), "--output", str(tmp_path / "out"), "--seeds", "0,1",
             "--steps", "20", "--batch-size", "16", "--peer-steps", "30", "--eval-episodes", "2", "--peers", peers]
@@ -73,3 +74,9 @@ def test_reduced_budget_run_scores_every_method_and_resumes(compare: ModuleType,
     assert compare.main(args) == 0
     assert {p: p.stat().st_mtime for p in out.glob("ours/*.json")} == stamps
     assert (out / "results.md").read_text().split("This invocation")[0] == table.split("This invocation")[0]
+    # its exports re-evaluate under another acting rule without retraining (benchmarks/quality_reeval.py)
+    reeval = benchmark_module("quality_reeval")
+    assert reeval.main([str(out), "--set", "model.action_decode=argmax", "--set", "eval.episodes=2",
+                        "--output", str(tmp_path / "argmax.md")]) == 0
+    text = (tmp_path / "argmax.md").read_text()
+    assert "re-evaluated with eval.episodes=2, model.action_decode=argmax" in text and "| PAC |" in text
