@@ -12,6 +12,10 @@ the same seeded episodes with the same random/maximum references:
   the peers' own environment: `benchmarks/peers-setup` makes `.venv-peers`; d3rlpy is never a product
   dependency).
 
+`--variant LABEL:objective.KEY=VALUE,...` adds a method of ours: PAC (or BC / BC+Q, by the alpha and beta the
+overrides leave) with those overrides, e.g. `--variant PAC-adv:objective.bc_filter=advantage` or
+`--variant PAC-a0.5:objective.alpha=0.5`; `model.KEY=VALUE` items override the preset the same way.
+
 Every (method, seed) and (task, peer, seed) unit writes its result under `--output` when it finishes and is
 not redone: a killed run continues where it stopped, and two processes with different `--seeds` may share one
 output folder (two at a time on a 2-core machine). Each invocation writes `results.md` / `results.json` from
@@ -41,7 +45,7 @@ from typing import Any
 
 import numpy as np
 from peers import ALGOS, LABELS, PeersUnavailable, check_peers, export_task, run_one  # this folder is on sys.path
-from quality import METHODS, ExpertStates, paired_table, run_method
+from quality import METHODS, ExpertStates, paired_table, run_method, run_name
 
 log = logging.getLogger("compare")
 
@@ -53,6 +57,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", default="outputs/compare", help="output folder (units in it are reused)")
     p.add_argument("--tasks", default="", help="comma-separated task ids (default: every task of the dataset)")
     p.add_argument("--methods", default=",".join(METHODS), help="our methods: subset of BC,BC+Q,PAC")
+    p.add_argument("--variant", action="append", default=[], metavar="LABEL:SECTION.KEY=VALUE,...",
+                   help="another method of ours: PAC with objective./model. overrides (repeatable)")
     p.add_argument("--peers", default=",".join(ALGOS), help=f"d3rlpy peers: subset of {','.join(ALGOS)}; "
                                                             "empty for none")
     p.add_argument("--seeds", default="0,1,2", help="training seeds (ours and the peers')")
@@ -75,6 +81,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(f"--methods: unknown {bad}; choose from {', '.join(METHODS)}")
     if bad := sorted(set(args.peers) - set(ALGOS)):
         p.error(f"--peers: unknown {bad}; choose from {', '.join(ALGOS)}")
+    args.variants = {}
+    for item in args.variant:
+        label, _, settings = item.partition(":")
+        pairs = [kv for kv in settings.split(",") if kv]
+        if not label or label in METHODS or not pairs or any(
+                not kv.startswith(("objective.", "model.")) or "=" not in kv for kv in pairs):
+            p.error(f"--variant {item!r}: expected LABEL:objective.KEY=VALUE,... (or model.KEY=VALUE), a label "
+                    f"other than {', '.join(METHODS)}")
+        args.variants[label] = pairs
     try:
         args.seeds = [int(s) for s in args.seeds.split(",") if s]
     except ValueError:
@@ -142,17 +157,35 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def run_ours(args: argparse.Namespace, dataset: str, by_task: dict[str, list[Any]]) -> None:
+    """Our methods and variants, one unit per (label, seed); a variant's runs live under variants/LABEL."""
     root = Path(args.output).resolve()
-    qargs = quality_args(args, list(by_task))
     probes = expert_probes(by_task)
-    for method in args.methods:
+    units = [(m, m, quality_args(args, list(by_task)), root) for m in args.methods]
+    for label, pairs in args.variants.items():
+        qargs = quality_args(args, list(by_task))
+        qargs.objective = [kv.removeprefix("objective.") for kv in pairs if kv.startswith("objective.")]
+        qargs.model = [kv.removeprefix("model.") for kv in pairs if kv.startswith("model.")]
+        alpha, beta = variant_objective(qargs)
+        method = "BC" if alpha == 1.0 and beta == 0.0 else "BC+Q" if alpha == 1.0 else "PAC"
+        units.append((label, method, qargs, root / "variants" / label))
+    for label, method, qargs, where in units:
         for seed in args.seeds:
-            path = root / "ours" / f"{method}-seed{seed}.json"
+            path = root / "ours" / f"{label}-seed{seed}.json"
             if path.exists():
                 continue
-            result = run_method(qargs, method, seed, dataset, root, probes)
-            result["steps"], result["batch_size"], result["preset"] = args.steps, args.batch_size, args.preset
+            result = run_method(qargs, method, seed, dataset, where, probes)
+            result |= {"label": label, "steps": args.steps, "batch_size": args.batch_size, "preset": args.preset,
+                       "overrides": [*qargs.objective, *qargs.model],
+                       "export": str(where / "runs" / run_name(method, seed) / "export")}
             write_json(path, result)
+
+
+def variant_objective(qargs: argparse.Namespace) -> tuple[float, float]:
+    """The alpha and beta a variant's objective overrides leave (the method it trains as)."""
+    from pac.config import ObjectiveConfig
+
+    given = dict(kv.partition("=")[::2] for kv in qargs.objective)
+    return (float(given.get("alpha", ObjectiveConfig.alpha)), float(given.get("beta", ObjectiveConfig.beta)))
 
 
 def run_peers(args: argparse.Namespace, by_task: dict[str, list[Any]]) -> None:
@@ -177,10 +210,11 @@ def run_peers(args: argparse.Namespace, by_task: dict[str, list[Any]]) -> None:
 def collect(root: Path, tasks: list[str]) -> tuple[dict[str, dict[int, dict[str, Any]]], list[dict[str, Any]]]:
     """Every finished unit under `root`: ours as {method: {seed: result}}, the peers' as a list."""
     ours: dict[str, dict[int, dict[str, Any]]] = {}
-    for method in METHODS:
-        for path in sorted((root / "ours").glob(f"{method}-seed*.json")):
-            r = json.loads(path.read_text())
-            ours.setdefault(method, {})[int(r["seed"])] = r
+    for path in sorted((root / "ours").glob("*-seed*.json")):
+        r = json.loads(path.read_text())
+        ours.setdefault(r.get("label", r["method"]), {})[int(r["seed"])] = r
+    order = [*METHODS, *sorted(set(ours) - set(METHODS))]  # ours first in a fixed order, then the variants
+    ours = {label: dict(sorted(ours[label].items())) for label in order if label in ours}
     peers = [json.loads(p.read_text()) for p in sorted((root / "peers" / "runs").glob("*/*/eval.json"))]
     return ours, [r for r in peers if r["task"] in tasks]
 
@@ -191,7 +225,9 @@ def report(root: Path, tasks: list[str], dataset: str, command: str) -> str:
     rows: list[tuple[str, list[float], int, float]] = []  # label, per-task score, seeds, train seconds per seed
     for method, runs in ours.items():
         scores = [float(np.mean([r["report"]["tasks"][t]["normalized_score"] for r in runs.values()])) for t in tasks]
-        rows.append((f"{method} (ours, one model)", scores, len(runs),
+        overrides = next(iter(runs.values())).get("overrides") or []
+        rows.append((f"{method} (ours, one model{': ' + ', '.join(overrides) if overrides else ''})", scores,
+                     len(runs),
                      float(np.mean([r["train_s"] for r in runs.values()]))))
     for algo in ALGOS:
         mine = [r for r in peers if r["algo"] == algo]

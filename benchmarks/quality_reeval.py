@@ -77,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = time.perf_counter()
     for method in methods:
         for seed in sorted(int(s) for s in runs[method]):
-            export = run / "runs" / run_name(method, seed) / "export"
+            export = runs[method][str(seed)].get("export") or run / "runs" / run_name(method, seed) / "export"
             net, saved = load_policy_model(str(export))
             unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(saved.eval)})
             if unknown:

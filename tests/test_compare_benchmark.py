@@ -50,23 +50,34 @@ def test_a_task_without_episodes_or_a_missing_dataset_is_named(compare: ModuleTy
     assert not (tmp_path / "out").exists()
 
 
+def test_a_malformed_variant_is_refused(compare: ModuleType) -> None:
+    for bad in ("PAC:objective.alpha=0.5", "noeq:objective.alpha", "x:train.steps=5", "empty:"):
+        with pytest.raises(SystemExit):
+            compare.parse_args(["--dataset", "d", "--variant", bad])
+    assert compare.parse_args(["--dataset", "d", "--variant", "adv:objective.bc_filter=advantage,model.d_model=32"]
+                              ).variants == {"adv": ["objective.bc_filter=advantage", "model.d_model=32"]}
+
+
 @pytest.mark.heavy
 def test_reduced_budget_run_scores_every_method_and_resumes(compare: ModuleType, store: Path, tmp_path: Path,
                                                            benchmark_module: Callable[[str], ModuleType]) -> None:
     peers = "bc,pbc,td3bc,iql" if PEERS_PYTHON.exists() else ""
     args = ["--dataset", "mixed", "--storage-root", str(store), "--output", str(tmp_path / "out"), "--seeds", "0,1",
-            "--steps", "20", "--batch-size", "16", "--peer-steps", "30", "--eval-episodes", "2", "--peers", peers]
+            "--steps", "20", "--batch-size", "16", "--peer-steps", "30", "--eval-episodes", "2", "--peers", peers,
+            "--variant", "PAC-a0.5:objective.alpha=0.5"]
     assert compare.main(args) == 0
     out = tmp_path / "out"
     results = json.loads((out / "results.json").read_text())
-    assert set(results["ours"]) == {"BC", "BC+Q", "PAC"}
+    assert set(results["ours"]) == {"BC", "BC+Q", "PAC", "PAC-a0.5"}
+    assert results["ours"]["PAC-a0.5"]["0"]["objective"]["alpha"] == 0.5
     for runs in results["ours"].values():
         assert set(runs) == {"0", "1"}
         assert all(math.isfinite(r["report"]["tasks"]["point_mass/easy"]["normalized_score"]) for r in runs.values())
     assert len(results["peers"]) == (8 if peers else 0)  # 4 peers x 2 seeds x 1 task
     assert all(math.isfinite(r["normalized_score"]) for r in results["peers"])
     table = (out / "results.md").read_text()
-    assert "| PAC (ours, one model) |" in table and "Ours, paired by training seed" in table
+    assert "| PAC (ours, one model) |" in table and "| PAC-a0.5 (ours, one model: alpha=0.5) |" in table
+    assert "Ours, paired by training seed" in table
     if peers:
         assert "| d3rlpy IQL (per task) |" in table
     # resumable: a second invocation finds every unit and trains nothing
