@@ -193,13 +193,14 @@ def run_peers(args: argparse.Namespace, by_task: dict[str, list[Any]]) -> None:
     pargs = argparse.Namespace(output=str(out), python=args.python, steps=args.peer_steps,
                                eval_episodes=args.eval_episodes, episode_steps=args.episode_steps,
                                eval_seed=args.eval_seed)
+    data = {task: out / "data" / f"{task.replace('/', '_')}.npz" for task in by_task}
     for task, episodes in by_task.items():
-        data = out / "data" / f"{task.replace('/', '_')}.npz"
-        if not data.exists():
-            export_task(episodes, data)
-        for algo in args.peers:
+        if not data[task].exists():
+            export_task(episodes, data[task])
+    for algo in args.peers:  # a peer at a time, in the order given: a stopped run has whole rows
+        for task in by_task:
             for seed in args.seeds:
-                r = run_one(pargs, task, algo, seed, data)
+                r = run_one(pargs, task, algo, seed, data[task])
                 log.info("%s %s seed %d: normalised %.3f (trained in %.0f s)", task, LABELS[algo], seed,
                          r["normalized_score"], r["train_seconds"])
 

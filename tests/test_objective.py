@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
-from pac.config import ObjectiveConfig
+from pac.config import ConfigError, ObjectiveConfig
 from pac.data.synthetic import synthetic_transitions
 from pac.inputs import Transition
 from pac.networks import PerceiverActorCritic, action_to_bins, build_model, value_support
@@ -69,6 +69,18 @@ def test_method_names() -> None:
     assert ObjectiveConfig(alpha=1.0, beta=0.0).method == "BC"
     assert ObjectiveConfig(alpha=1.0, beta=1.0).method == "BC+Q"
     assert ObjectiveConfig(alpha=0.5).method == "PAC"
+
+
+def test_the_automatic_advantage_filter_applies_to_pac_only() -> None:
+    """`bc_filter: auto` filters PAC's BC term; BC and BC+Q stay the paper's baselines (and BC has no critic)."""
+    assert ObjectiveConfig(alpha=0.75, bc_filter="auto").filters_bc
+    assert not ObjectiveConfig(alpha=1.0, beta=1.0, bc_filter="auto").filters_bc
+    assert not ObjectiveConfig(alpha=1.0, beta=0.0, bc_filter="auto").filters_bc
+    assert not ObjectiveConfig(alpha=0.75, beta=0.0, bc_filter="auto").filters_bc
+    assert ObjectiveConfig(alpha=1.0, beta=1.0, bc_filter="advantage").filters_bc
+    assert not ObjectiveConfig(alpha=0.75, bc_filter="none").filters_bc
+    with pytest.raises(ConfigError, match="needs objective.beta > 0"):
+        ObjectiveConfig(alpha=1.0, beta=0.0, bc_filter="advantage")
 
 
 class ToyCritic(PerceiverActorCritic):

@@ -138,8 +138,9 @@ class ObjectiveConfig:
     # which data actions the BC term imitates (our extension, not the paper's): all of them, or only those the
     # critic ranks above the policy's own value, A(s, a) = Q(s, a) - mean_k Q(s, a'_k) > 0 (CRR's binary filter,
     # Wang et al. 2020). Needs a critic (beta > 0). On data whose most frequent action is the worse one it moves
-    # the objective's fixed point off the data's mode (tests/training/test_train_integration.py, docs/quality.md)
-    bc_filter: Literal["none", "advantage"] = "none"
+    # the objective's fixed point off the data's mode (tests/training/test_train_integration.py, docs/quality.md).
+    # auto: the filter for PAC (alpha < 1, beta > 0); BC and BC+Q stay the paper's baselines
+    bc_filter: Literal["none", "advantage", "auto"] = "none"
     eta: float = 1.0  # temperature of the improved policy (initial value when learned; exports record the learned one)
     learn_eta: bool = True  # MPO-style dual on eta with KL bound epsilon
     epsilon: float = 0.1  # KL bound of the eta dual
@@ -164,9 +165,9 @@ class ObjectiveConfig:
         _check(self.bc_target in ("onehot", "twohot", "hlgauss"), "objective.bc_target",
                f"must be 'onehot', 'twohot' or 'hlgauss', got {self.bc_target!r}")
         _check(self.bc_target_sigma > 0, "objective.bc_target_sigma", f"must be > 0, got {self.bc_target_sigma}")
-        _check(self.bc_filter in ("none", "advantage"), "objective.bc_filter",
-               f"must be 'none' or 'advantage', got {self.bc_filter!r}")
-        _check(self.bc_filter == "none" or self.beta > 0, "objective.bc_filter",
+        _check(self.bc_filter in ("none", "advantage", "auto"), "objective.bc_filter",
+               f"must be 'none', 'advantage' or 'auto', got {self.bc_filter!r}")
+        _check(self.bc_filter != "advantage" or self.beta > 0, "objective.bc_filter",
                "'advantage' ranks data actions with the critic: it needs objective.beta > 0")
         _check(self.eta > 0.0, "objective.eta", f"must be > 0, got {self.eta}")
         _check(self.epsilon > 0.0, "objective.epsilon", f"must be > 0, got {self.epsilon}")
@@ -181,6 +182,11 @@ class ObjectiveConfig:
                f"must be 'polyak' or 'periodic', got {self.target_update!r}")
         _check(0.0 < self.polyak_tau <= 1.0, "objective.polyak_tau", f"must be in (0, 1], got {self.polyak_tau}")
         _check(self.target_period >= 1, "objective.target_period", f"must be >= 1, got {self.target_period}")
+
+    @property
+    def filters_bc(self) -> bool:
+        """Whether the BC term imitates only data actions with a positive advantage (`bc_filter`)."""
+        return self.bc_filter == "advantage" or (self.bc_filter == "auto" and self.alpha < 1.0 and self.beta > 0)
 
     @property
     def learns_eta(self) -> bool:

@@ -153,7 +153,7 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
     if target is None:
         raise ValueError(f"{cfg.method} needs a target network (alpha={cfg.alpha}, beta={cfg.beta})")
 
-    sample_now = improve or cfg.bc_filter == "advantage"  # both score the policy's own actions at s_t
+    sample_now = improve or cfg.filters_bc  # both score the policy's own actions at s_t
     support = make_support(mcfg, z.device)
     k = cfg.num_action_samples
     with torch.no_grad():
@@ -182,7 +182,7 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
                                           mu=mcfg.action_bin_mu)
             q_sampled = expected_value(net.q_logits(z.detach(), sampled, mask), support)  # (B, K)
     bc_weight = torch.ones_like(nll)
-    if cfg.bc_filter == "advantage":  # imitate only the data actions the critic ranks above the policy's value
+    if cfg.filters_bc:  # imitate only the data actions the critic ranks above the policy's value
         bc_weight = (q_data > q_sampled.mean(1)).float()
         metrics["bc_kept"] = bc_weight.mean()
     loss = cfg.alpha * (bc_weight * nll).mean() + cfg.beta * q_loss
