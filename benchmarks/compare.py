@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 from peers import ALGOS, LABELS, PeersUnavailable, check_peers, export_task, run_one  # this folder is on sys.path
-from quality import METHODS, ExpertStates, paired_table, run_method, run_name
+from quality import METHODS, ExpertStates, paired_table, parse_seeds, run_method, run_name
 
 log = logging.getLogger("compare")
 
@@ -90,12 +90,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             p.error(f"--variant {item!r}: expected LABEL:objective.KEY=VALUE,... (or model.KEY=VALUE), a label "
                     f"other than {', '.join(METHODS)}")
         args.variants[label] = pairs
-    try:
-        args.seeds = [int(s) for s in args.seeds.split(",") if s]
-    except ValueError:
-        p.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
-    if not args.seeds:
-        p.error("--seeds: name at least one seed")
+    args.seeds = parse_seeds(p, args.seeds)
     return args
 
 

@@ -103,18 +103,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.methods = [m for m in args.methods.split(",") if m]
-    try:
-        args.seeds = [int(x) for x in args.seeds.split(",") if x]
-    except ValueError:
-        p.error(f"--seeds: comma-separated integers, got {args.seeds!r}")
-    if not args.seeds:
-        p.error("--seeds: name at least one seed")
+    args.seeds = parse_seeds(p, args.seeds)
     unknown = sorted(set(args.methods) - set(METHODS))
     if unknown:
         p.error(f"--methods: unknown {unknown}; choose from {', '.join(METHODS)}")
     if args.random + args.noisy + args.damped + args.expert < 1:
         p.error("--random/--noisy/--damped/--expert: need at least one episode per task")
     return args
+
+
+def parse_seeds(p: argparse.ArgumentParser, text: str) -> list[int]:
+    """`--seeds 0,1,2` as integers; a parser error for anything else or for none."""
+    try:
+        seeds = [int(x) for x in text.split(",") if x]
+    except ValueError:
+        p.error(f"--seeds: comma-separated integers, got {text!r}")
+    if not seeds:
+        p.error("--seeds: name at least one seed")
+    return seeds
 
 
 # --------------------------------------------------------------------------------------------- data
