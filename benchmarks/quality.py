@@ -47,7 +47,7 @@ import numpy as np
 TASKS = ("cartpole/balance", "reacher/easy", "point_mass/easy")
 METHODS = ("BC", "BC+Q", "PAC")
 DIAGNOSTICS = ("loss", "bc_nll", "entropy", "q_loss", "q_mean", "target_q_mean", "eta", "kl_weights",
-               "q_sampled_std", "improve_loss")
+               "q_sampled_std", "improve_loss", "bc_kept")
 PROBES = ("critic_expert_pct", "critic_mirror_pct", "critic_greedy_pct", "greedy_expert_dist")
 
 log = logging.getLogger("quality")
