@@ -44,7 +44,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from peers import ALGOS, LABELS, PeersUnavailable, check_peers, export_task, run_one  # this folder is on sys.path
+from peers import (
+    ALGOS,
+    LABELS,
+    MissingEpisodes,
+    PeersUnavailable,
+    check_peers,
+    dataset_episodes,
+    export_task,
+    run_one,
+)  # this folder is on sys.path
 from quality import METHODS, ExpertStates, paired_table, parse_seeds, run_method, run_name
 
 log = logging.getLogger("compare")
@@ -95,26 +104,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def read_episodes(args: argparse.Namespace) -> tuple[Any, dict[str, list[Any]]]:
-    """The dataset and its episodes per selected task; SystemExit naming a task without episodes."""
-    from pac.config import DataConfig, StorageConfig
-    from pac.data.dataset import DatasetError, default_cache_dir, open_dataset
+    """The dataset and its episodes per selected task; SystemExit naming a missing dataset or a task without
+    episodes."""
+    from pac.data.dataset import DatasetError
 
-    storage = StorageConfig(root=str(Path(args.storage_root).resolve()))
     try:
-        ds = open_dataset(args.dataset, storage)
+        return dataset_episodes(args.dataset, args.storage_root, args.tasks)
+    except MissingEpisodes as e:
+        raise SystemExit(f"compare.py: {e}") from e
     except DatasetError as e:
         raise SystemExit(f"compare.py: {e}; make it with `pac data generate --config benchmark --dataset "
                          f"benchmark --storage.root {args.storage_root}`") from e
-    tasks = [t for t in args.tasks.split(",") if t] or list(ds.manifest.tasks)
-    by_task: dict[str, list[Any]] = {t: [] for t in tasks}
-    cache = default_cache_dir(DataConfig(), storage)
-    for info in ds.manifest.shards:
-        if info.task in by_task:
-            by_task[info.task].extend(ds.open_shard(info, cache).episodes())
-    if empty := [t for t, eps in by_task.items() if not eps]:
-        raise SystemExit(f"compare.py: {ds.uri} has no episodes for {', '.join(empty)} (its tasks: "
-                         f"{', '.join(ds.manifest.tasks)}); generate them with `pac data generate`")
-    return ds, by_task
 
 
 def quality_args(args: argparse.Namespace, tasks: list[str]) -> argparse.Namespace:

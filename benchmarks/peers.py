@@ -42,6 +42,34 @@ class PeersUnavailable(RuntimeError):
     """The peers' environment is missing: the message says how to make it."""
 
 
+class MissingEpisodes(ValueError):
+    """A selected task has no episodes in the dataset: the message names it and the dataset's tasks."""
+
+
+def dataset_episodes(dataset: str, storage_root: str, tasks: str) -> tuple[Any, dict[str, list[Any]]]:
+    """A published dataset and its episodes per selected task (comma-separated; empty: every task of it).
+
+    Raises:
+        MissingEpisodes: a selected task has none.
+        pac.data.dataset.DatasetError: the dataset does not exist or is malformed.
+    """
+    from pac.config import DataConfig, StorageConfig
+    from pac.data.dataset import default_cache_dir, open_dataset
+
+    storage = StorageConfig(root=str(Path(storage_root).resolve()))
+    ds = open_dataset(dataset, storage)
+    selected = [t for t in tasks.split(",") if t] or list(ds.manifest.tasks)
+    by_task: dict[str, list[Any]] = {t: [] for t in selected}
+    cache = default_cache_dir(DataConfig(), storage)
+    for info in ds.manifest.shards:
+        if info.task in by_task:
+            by_task[info.task].extend(ds.open_shard(info, cache).episodes())
+    if empty := [t for t, eps in by_task.items() if not eps]:
+        raise MissingEpisodes(f"{ds.uri} has no episodes for {', '.join(empty)} (its tasks: "
+                              f"{', '.join(ds.manifest.tasks)}); generate them with `pac data generate`")
+    return ds, by_task
+
+
 def check_peers(python: Path) -> str:
     """d3rlpy's version in the peers' interpreter, or PeersUnavailable naming the set-up command."""
     if not python.exists():
@@ -177,22 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"--algos: unknown {unknown}; choose from {', '.join(ALGOS)}")
     seeds = [int(s) for s in args.seeds.split(",")]
 
-    from pac.config import DataConfig, StorageConfig
-    from pac.data.dataset import default_cache_dir, open_dataset
-
-    storage = StorageConfig(root=str(Path(args.storage_root).resolve()))
-    ds = open_dataset(args.dataset, storage)
-    tasks = [t for t in args.tasks.split(",") if t] or list(ds.manifest.tasks)
-    cache = default_cache_dir(DataConfig(), storage)
-    by_task: dict[str, list[Any]] = {t: [] for t in tasks}
-    for info in ds.manifest.shards:
-        for ep in ds.open_shard(info, cache).episodes():
-            if ep.task in by_task:
-                by_task[ep.task].append(ep)
-    if empty := [t for t, eps in by_task.items() if not eps]:
-        print(f"peers.py: {ds.uri} has no episodes for {', '.join(empty)} (its tasks: "
-              f"{', '.join(ds.manifest.tasks)}); generate them with `pac data generate`", file=sys.stderr)
+    try:
+        ds, by_task = dataset_episodes(args.dataset, args.storage_root, args.tasks)
+    except MissingEpisodes as e:
+        print(f"peers.py: {e}", file=sys.stderr)
         return 2
+    tasks = list(by_task)
     try:
         version = check_peers(args.python)
     except PeersUnavailable as e:
