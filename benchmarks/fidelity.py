@@ -132,19 +132,25 @@ class MlpFloor:
 
     Input: the padded, standardised state, its mask and a one-hot of the task's instruction (PAC reads the
     instruction as text). Same loader, steps, batch and learning rate as the PAC run, so only the network differs.
+
+    `head="mse"` swaps the categorical head for the peers' deterministic one (tanh output, squared error, as
+    d3rlpy's BC and TD3+BC): the floor of what a categorical head should reach (benchmarks/head_ablation.py).
     """
 
-    def __init__(self, cfg: Any, instructions: Sequence[str]) -> None:
+    def __init__(self, cfg: Any, instructions: Sequence[str], head: str = "categorical") -> None:
         import torch
         from torch import nn
 
-        self.cfg, self.instructions = cfg, list(instructions)
+        if head not in ("categorical", "mse"):
+            raise ValueError(f"unknown MLP head {head!r}; use categorical or mse")
+        self.cfg, self.instructions, self.head = cfg, list(instructions), head
         m = cfg.model
         inputs = 2 * m.max_proprio_dims + len(self.instructions)
-        self.net = nn.Sequential(nn.Linear(inputs, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
-                                 nn.Linear(256, m.max_action_dims * m.action_bins))
-        self.name = "mlp-2x256"
         torch.manual_seed(cfg.seed)
+        outputs = m.max_action_dims * (m.action_bins if head == "categorical" else 1)
+        self.net = nn.Sequential(nn.Linear(inputs, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                                 nn.Linear(256, outputs))
+        self.name = "mlp-2x256"
 
     def features(self, proprio: Any, mask: Any, task_index: Any) -> Any:
         import torch
@@ -173,11 +179,16 @@ class MlpFloor:
         for step in range(steps):
             batch = loader.batch(step)
             task = torch.tensor([rows[tuple(r)] for r in batch.obs.text.tolist()])
-            logits = self.logits(self.features(batch.obs.proprio, batch.obs.proprio_mask, task))
+            x = self.features(batch.obs.proprio, batch.obs.proprio_mask, task)
             a = batch.action.shape[1]
-            m, o = self.cfg.model, self.cfg.objective
-            targets = action_targets(batch.action, m.action_bins, o.bc_target, o.bc_target_sigma, m.action_bin_mu)
-            loss = cross_entropy(logits[:, :a], targets, batch.action_mask).mean()
+            if self.head == "mse":
+                error = (torch.tanh(self.net(x)[:, :a]) - batch.action.float()) ** 2
+                loss = (error * batch.action_mask).sum(-1).mean()
+            else:
+                m, o = self.cfg.model, self.cfg.objective
+                targets = action_targets(batch.action, m.action_bins, o.bc_target, o.bc_target_sigma,
+                                         m.action_bin_mu)
+                loss = cross_entropy(self.logits(x)[:, :a], targets, batch.action_mask).mean()
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -197,12 +208,15 @@ class MlpFloor:
         proprio = [normalize_proprio(o["proprio"], task_stats(self.cfg.model, e.spec.id)) for o, e in zip(obs, envs)]
         p, pm = pad_rows(proprio)
         task = torch.tensor([self.instructions.index(e.instruction) for e in envs])
-        with torch.no_grad():
-            logits = self.logits(self.features(torch.from_numpy(p), torch.from_numpy(pm), task))
         a = envs[0].action_dim
         m = self.cfg.model
-        actions = decode_greedy(logits[:, :a], m.action_bins, m.action_decode, m.action_decode_k,
-                                m.action_bin_mu).numpy()
+        with torch.no_grad():
+            x = self.features(torch.from_numpy(p), torch.from_numpy(pm), task)
+            if self.head == "mse":
+                actions = torch.tanh(self.net(x)[:, :a]).numpy()
+            else:
+                actions = decode_greedy(self.logits(x)[:, :a], m.action_bins, m.action_decode, m.action_decode_k,
+                                        m.action_bin_mu).numpy()
         return np.stack([denormalize_action(x, e.action_low, e.action_high) for x, e in zip(actions, envs)])
 
 

@@ -1,0 +1,188 @@
+"""Which action head can copy a continuous expert? The plain 2x256 MLP with each head, one budget, closed loop.
+
+Issue 26: the same MLP regressing the expert with squared error (d3rlpy's BC / %BC) reaches the pendulum's
+expert where it fails with our 101-bin categorical head. This isolates the head: every variant is the fidelity
+floor's MLP (`fidelity.MlpFloor`) on the same expert episodes, batches, steps, optimiser and learning rate, and
+only the head, its training targets and its greedy decoding change. Each is scored by closed-loop return,
+normalised between the random policy (0) and the expert (1) on the same seeded episodes (fidelity.py's rule).
+
+`--head LABEL:SECTION.KEY=VALUE,...` names a variant (repeatable); the label `mse` is the squared-error head,
+every other label is the categorical head with those overrides of `model.action_*` / `objective.bc_target*`.
+Without `--head` the default set runs: the squared-error floor, today's default, and the choices the issue
+names (bins, target smoothing, decoding). Each (head, seed) writes `runs/LABEL-seedN.json` when done and is not
+redone, so a killed run continues where it stopped.
+
+    .venv/bin/python benchmarks/head_ablation.py --tasks pendulum/swingup --steps 20000 \\
+        --output outputs/heads-pendulum                      # ~2 min per head on one core
+    .venv/bin/python benchmarks/head_ablation.py --tasks point_mass/easy --episodes 2 --episode-steps 100 \\
+        --steps 20 --eval-episodes 2 --output /tmp/heads     # plumbing smoke
+
+Writes `results.md` / `results.json` into `--output`; documented tables in docs/learner.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fidelity import MlpFloor, expert_dataset  # this folder is on sys.path
+
+log = logging.getLogger("head_ablation")
+
+DEFAULT_HEADS = (
+    "mse",
+    "default:",
+    "argmax:model.action_decode=argmax",
+    "onehot:objective.bc_target=onehot",
+    "hl1:objective.bc_target_sigma=1",
+    "hl4:objective.bc_target_sigma=4",
+    "bins21:model.action_bins=21,objective.bc_target_sigma=1",
+    "bins256:model.action_bins=256,objective.bc_target_sigma=5",
+)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--output", default="outputs/heads", help="output directory (per-head results, tables)")
+    p.add_argument("--cache", default="outputs/benchmark-data", help="generated datasets, reused across runs")
+    p.add_argument("--tasks", default="pendulum/swingup", help="comma-separated task ids (one model over all)")
+    p.add_argument("--episodes", type=int, default=30, help="expert episodes per task (the benchmark recipe's)")
+    p.add_argument("--episode-steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=20000, help="optimizer steps (the peers' budget)")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--lr", type=float, help="learning rate (default: train.lr)")
+    p.add_argument("--seeds", default="0", help="training seeds, comma-separated")
+    p.add_argument("--eval-episodes", type=int, default=10)
+    p.add_argument("--eval-seed", type=int, default=1000)
+    p.add_argument("--head", action="append", default=[], metavar="LABEL:SECTION.KEY=VALUE,...",
+                   help="a head variant (repeatable); default: " + " ".join(DEFAULT_HEADS))
+    args = p.parse_args(argv)
+    args.heads = {}
+    for item in args.head or DEFAULT_HEADS:
+        label, _, rest = item.partition(":")
+        pairs = [kv for kv in rest.split(",") if kv]
+        if not label or any("=" not in kv or kv.split(".", 1)[0] not in ("model", "objective") for kv in pairs):
+            p.error(f"--head {item!r}: expected LABEL:model.KEY=VALUE,... or objective.KEY=VALUE")
+        args.heads[label] = pairs
+    args.seed_list = [int(s) for s in args.seeds.split(",") if s]
+    return args
+
+
+def head_config(dataset: str, tasks: Sequence[str], pairs: Sequence[str], seed: int, args: argparse.Namespace) -> Any:
+    """The training config of one head: BC at the given budget, proprio statistics from the manifest."""
+    from pac.config import Config, merge
+    from pac.data.mixture import with_proprio_stats
+
+    overrides: dict[str, Any] = {}
+    for kv in pairs:
+        key, value = kv.split("=", 1)
+        section, name = key.split(".", 1)
+        overrides = merge(overrides, {section: {name: value}})
+    train = {"steps": args.steps, "global_batch_size": args.batch, "micro_batch_size": args.batch}
+    if args.lr is not None:
+        train["lr"] = args.lr
+    base = {"seed": seed, "objective": {"alpha": 1.0, "beta": 0.0}, "train": train,
+            "data": {"dataset": dataset, "tasks": list(tasks)}, "storage": {"root": str(Path(args.cache).resolve())},
+            "tracking": {"enabled": False}}
+    return with_proprio_stats(Config.from_dict(merge(base, overrides)), {})
+
+
+def run_head(label: str, pairs: Sequence[str], seed: int, dataset: str, tasks: Sequence[str],
+             instructions: Sequence[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Fit one head, evaluate it closed loop; per-task returns and normalised scores."""
+    from pac.config import EvalConfig
+    from pac.envs.experts import make_expert
+    from pac.evaluation import ScriptedSource, evaluate
+
+    cfg = head_config(dataset, tasks, pairs, seed, args)
+    floor = MlpFloor(cfg, instructions, head="mse" if label == "mse" else "categorical")
+    train_s = floor.fit(args.steps)
+    ecfg = EvalConfig(episodes=args.eval_episodes, num_envs=args.eval_episodes, episode_steps=args.episode_steps,
+                      seed=args.eval_seed, video=False)
+    policy = evaluate(floor, list(tasks), ecfg, progress=False)
+    expert = evaluate(ScriptedSource(make_expert, name="expert"), list(tasks), ecfg, progress=False)
+    scores = {}
+    for task in tasks:
+        r, r_exp, r_rand = (policy.tasks[task].return_mean, expert.tasks[task].return_mean,
+                            policy.tasks[task].random_return_mean)
+        scores[task] = {"return": r, "expert": r_exp, "random": r_rand,
+                        "fidelity": (r - r_rand) / max(r_exp - r_rand, 1e-9)}
+    return {"label": label, "overrides": list(pairs), "seed": seed, "train_s": train_s, "tasks": scores}
+
+
+def markdown(results: Sequence[dict[str, Any]], args: argparse.Namespace, dataset: str) -> str:
+    tasks = list(results[0]["tasks"])
+    labels = list(dict.fromkeys(r["label"] for r in results))
+    lines = [f"Head ablation: 2x256 MLP, {args.steps} steps x batch {args.batch}, lr {args.lr or 'train.lr'}, "
+             f"dataset {dataset}, {args.eval_episodes} evaluation episodes per task (seed {args.eval_seed}); "
+             "fidelity 0 = random, 1 = expert; mean over seeds (seeds in brackets)", "",
+             "| head | overrides | " + " | ".join(tasks) + " | mean | train s |",
+             "|---|---|" + "---:|" * (len(tasks) + 2)]
+    for label in labels:
+        runs = [r for r in results if r["label"] == label]
+        cells = []
+        for task in tasks:
+            vals = [r["tasks"][task]["fidelity"] for r in runs]
+            cells.append(f"{np.mean(vals):.2f}" + (f" ({' / '.join(f'{v:.2f}' for v in vals)})" if len(vals) > 1
+                                                    else ""))
+        mean = np.mean([np.mean([r["tasks"][t]["fidelity"] for t in tasks]) for r in runs])
+        over = ", ".join(runs[0]["overrides"]) or ("squared error, tanh" if label == "mse" else "defaults")
+        lines.append(f"| {label} | {over} | " + " | ".join(cells) + f" | **{mean:.2f}** | "
+                     f"{np.mean([r['train_s'] for r in runs]):.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from pac.data.dataset import read_manifest
+    from pac.envs.registry import UnknownTaskError
+    from pac.evaluation import resolve_tasks
+
+    tasks = [t for t in args.tasks.split(",") if t]
+    try:
+        resolve_tasks(tasks)
+    except UnknownTaskError as e:
+        print(f"head_ablation: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.output)
+    (out / "runs").mkdir(parents=True, exist_ok=True)
+    dataset = expert_dataset(tasks, args.episodes, args.episode_steps, Path(args.cache).resolve())
+    probe = head_config(dataset, tasks, [], 0, args)
+    manifest = read_manifest(dataset, probe.storage)
+    instructions = [manifest.tasks[t].instruction for t in tasks]
+    results = []
+    for seed in args.seed_list:
+        for label, pairs in args.heads.items():
+            path = out / "runs" / f"{label}-seed{seed}.json"
+            if path.exists():
+                results.append(json.loads(path.read_text()))
+                continue
+            t0 = time.perf_counter()
+            result = run_head(label, pairs, seed, dataset, tasks, instructions, args)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(result, indent=2))
+            tmp.replace(path)  # a unit is done only when its file is whole
+            log.info("%s seed %d: mean fidelity %.2f (%.0f s)", label, seed,
+                     np.mean([s["fidelity"] for s in result["tasks"].values()]), time.perf_counter() - t0)
+            results.append(result)
+    (out / "results.json").write_text(json.dumps({"dataset": dataset, "steps": args.steps, "batch": args.batch,
+                                                  "lr": args.lr, "runs": results}, indent=2))
+    text = markdown(results, args, dataset)
+    (out / "results.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
