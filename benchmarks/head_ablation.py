@@ -8,9 +8,10 @@ normalised between the random policy (0) and the expert (1) on the same seeded e
 
 `--head LABEL:SECTION.KEY=VALUE,...` names a variant (repeatable); the label `mse` is the squared-error head,
 every other label is the categorical head with those overrides of `model.action_*` / `objective.bc_target*`.
-Without `--head` the default set runs: the squared-error floor, today's default, and the choices the issue
-names (bins, target smoothing, decoding). Each (head, seed) writes `runs/LABEL-seedN.json` when done and is not
-redone, so a killed run continues where it stopped.
+`--dataset` trains on an existing dataset instead (e.g. the mixed-quality benchmark: which head regresses
+mixed behaviour as well as the peers' BC does). Without `--head` the default set runs: the squared-error
+floor, today's default, and the choices the issue names (bins, target smoothing, decoding). Each (head, seed)
+writes `runs/LABEL-seedN.json` when done and is not redone, so a killed run continues where it stopped.
 
     .venv/bin/python benchmarks/head_ablation.py --tasks pendulum/swingup --steps 20000 \\
         --output outputs/heads-pendulum                      # ~2 min per head on one core
@@ -54,6 +55,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output", default="outputs/heads", help="output directory (per-head results, tables)")
     p.add_argument("--cache", default="outputs/benchmark-data", help="generated datasets, reused across runs")
     p.add_argument("--tasks", default="pendulum/swingup", help="comma-separated task ids (one model over all)")
+    p.add_argument("--dataset", help="train on this existing dataset (local path, optionally @vNNNN; e.g. the "
+                                     "mixed-quality benchmark) instead of generated expert episodes")
     p.add_argument("--episodes", type=int, default=30, help="expert episodes per task (the benchmark recipe's)")
     p.add_argument("--episode-steps", type=int, default=1000)
     p.add_argument("--steps", type=int, default=20000, help="optimizer steps (the peers' budget)")
@@ -157,7 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = Path(args.output)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    dataset = expert_dataset(tasks, args.episodes, args.episode_steps, Path(args.cache).resolve())
+    if args.dataset:
+        base, _, version = args.dataset.partition("@")
+        dataset = str(Path(base).resolve()) + (f"@{version}" if version else "")
+    else:
+        dataset = expert_dataset(tasks, args.episodes, args.episode_steps, Path(args.cache).resolve())
     probe = head_config(dataset, tasks, [], 0, args)
     manifest = read_manifest(dataset, probe.storage)
     instructions = [manifest.tasks[t].instruction for t in tasks]

@@ -58,3 +58,11 @@ def test_each_head_is_scored_closed_loop_and_a_finished_head_is_not_refitted(
 
     monkeypatch.setattr(heads, "run_head", refit)
     assert heads.main(argv) == 0  # every unit is found on disk
+    monkeypatch.undo()
+
+    # An existing dataset (here the episodes just generated) is read as it is, not generated again.
+    (generated,) = (tmp_path / "cache").iterdir()
+    assert heads.main([*argv[:-4], "--head", "mse", "--dataset", str(generated), "--output",
+                       str(tmp_path / "given")]) == 0
+    assert json.loads((tmp_path / "given" / "results.json").read_text())["dataset"] == str(generated)
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == [generated.name]
