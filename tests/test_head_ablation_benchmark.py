@@ -48,7 +48,9 @@ def test_each_head_is_scored_closed_loop_and_a_finished_head_is_not_refitted(
     result = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [r["label"] for r in result["runs"]] == ["mse", "b21"]
     for run in result["runs"]:
-        assert math.isfinite(run["tasks"]["point_mass/easy"]["fidelity"])
+        scores = run["tasks"]["point_mass/easy"]
+        assert math.isfinite(scores["fidelity"])
+        assert 0.0 <= scores["gap"] <= 2.0 and 0.0 < scores["moving_share"] <= 1.0  # the expert moves the mass
     assert result["runs"][1]["overrides"] == ["model.action_bins=21", "model.action_decode=argmax"]
     table = (tmp_path / "out" / "results.md").read_text()
     assert "| mse | squared error, tanh |" in table and "| b21 |" in table
