@@ -239,28 +239,37 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = parse_args(argv)
+def tasks_and_data(args: argparse.Namespace, prog: str) -> tuple[list[str], str] | None:
+    """Logging set up, the `--tasks` list and the dataset to train on: `--dataset` as given, or the expert
+    episodes generated (or found) in `--cache`. None, after printing why, when a task id is unknown."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from pac.envs.registry import UnknownTaskError
     from pac.evaluation import resolve_tasks
-    from pac.training.loop import train
 
     tasks = [t for t in args.tasks.split(",") if t]
     try:
         resolve_tasks(tasks)  # every unknown id in one error, before anything is generated
     except UnknownTaskError as e:
-        print(f"fidelity: {e}", file=sys.stderr)
-        return 2
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+        print(f"{prog}: {e}", file=sys.stderr)
+        return None
     if args.dataset:
         base, _, version = args.dataset.partition("@")
-        dataset = str(Path(base).resolve()) + (f"@{version}" if version else "")
-    else:
-        dataset = expert_dataset(tasks, args.episodes, args.episode_steps, Path(args.cache).resolve())
+        return tasks, str(Path(base).resolve()) + (f"@{version}" if version else "")
+    return tasks, expert_dataset(tasks, args.episodes, args.episode_steps, Path(args.cache).resolve())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    from pac.training.loop import train
+
+    found = tasks_and_data(args, "fidelity")
+    if found is None:
+        return 2
+    tasks, dataset = found
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
     cfg = train_config(args, dataset)
     t0 = time.perf_counter()
     trained = train(cfg)

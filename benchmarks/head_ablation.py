@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -34,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fidelity import MlpFloor, expert_dataset  # this folder is on sys.path
+from fidelity import MlpFloor, tasks_and_data  # this folder is on sys.path
 
 log = logging.getLogger("head_ablation")
 
@@ -190,26 +189,14 @@ def markdown(results: Sequence[dict[str, Any]], args: argparse.Namespace, datase
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from pac.data.dataset import read_manifest
-    from pac.envs.registry import UnknownTaskError
-    from pac.evaluation import resolve_tasks
 
-    tasks = [t for t in args.tasks.split(",") if t]
-    try:
-        resolve_tasks(tasks)
-    except UnknownTaskError as e:
-        print(f"head_ablation: {e}", file=sys.stderr)
+    found = tasks_and_data(args, "head_ablation")
+    if found is None:
         return 2
+    tasks, dataset = found
     out = Path(args.output)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    if args.dataset:
-        base, _, version = args.dataset.partition("@")
-        dataset = str(Path(base).resolve()) + (f"@{version}" if version else "")
-    else:
-        dataset = expert_dataset(tasks, args.episodes, args.episode_steps, Path(args.cache).resolve())
     probe = head_config(dataset, tasks, [], 0, args)
     manifest = read_manifest(dataset, probe.storage)
     instructions = [manifest.tasks[t].instruction for t in tasks]
