@@ -79,13 +79,8 @@ def expert_dataset(tasks: Sequence[str], episodes: int, steps: int, cache: Path)
 
 
 def train_config(args: argparse.Namespace, dataset: str) -> Any:
-    from pac.config import Config, merge
+    from pac.config import Config, assignments, merge
 
-    overrides: dict[str, Any] = {}
-    for item in args.set:
-        key, value = item.split("=", 1)
-        section, name = key.split(".", 1)
-        overrides = merge(overrides, {section: {name: value}})
     base = {"preset": args.preset, "seed": args.seed,
             "objective": {"alpha": 1.0, "beta": 0.0},
             "data": {"dataset": dataset, "tasks": list(args.tasks.split(","))},
@@ -94,7 +89,7 @@ def train_config(args: argparse.Namespace, dataset: str) -> Any:
                       "output": str(Path(args.output).resolve() / "run")},
             "storage": {"root": str(Path(args.output).resolve())},
             "tracking": {"enabled": False}}
-    return Config.from_dict(merge(base, overrides))
+    return Config.from_dict(merge(base, assignments(args.set)))
 
 
 def evaluate_all(export: str, floor: MlpFloor | None, tasks: Sequence[str],

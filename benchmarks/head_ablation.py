@@ -80,21 +80,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def head_config(dataset: str, tasks: Sequence[str], pairs: Sequence[str], seed: int, args: argparse.Namespace) -> Any:
     """The training config of one head: BC at the given budget, proprio statistics from the manifest."""
-    from pac.config import Config, merge
+    from pac.config import Config, assignments, merge
     from pac.data.mixture import with_proprio_stats
 
-    overrides: dict[str, Any] = {}
-    for kv in pairs:
-        key, value = kv.split("=", 1)
-        section, name = key.split(".", 1)
-        overrides = merge(overrides, {section: {name: value}})
     train = {"steps": args.steps, "global_batch_size": args.batch, "micro_batch_size": args.batch}
     if args.lr is not None:
         train["lr"] = args.lr
     base = {"seed": seed, "objective": {"alpha": 1.0, "beta": 0.0}, "train": train,
             "data": {"dataset": dataset, "tasks": list(tasks)}, "storage": {"root": str(Path(args.cache).resolve())},
             "tracking": {"enabled": False}}
-    return with_proprio_stats(Config.from_dict(merge(base, overrides)), {})
+    return with_proprio_stats(Config.from_dict(merge(base, assignments(pairs))), {})
 
 
 class ExpertGap:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pac.cli import build_parser
 from pac.cli.common import resolve_config
-from pac.config import Config, ConfigError, ModelConfig, ObjectiveConfig, TrainConfig
+from pac.config import Config, ConfigError, ModelConfig, ObjectiveConfig, TrainConfig, assignments
 
 
 @pytest.mark.parametrize("make,field", [
@@ -64,3 +64,16 @@ def test_a_dumped_config_reloads_through_the_cli(tmp_path: Path) -> None:
     cfg.dump(tmp_path / "run.yaml")
     again = resolve_config(build_parser().parse_args(["config", "--config", str(tmp_path / "run.yaml")]))
     assert again == cfg
+
+
+def test_assignments_become_typed_config_values() -> None:
+    data = assignments(["objective.bc_target_sigma=4", "model.action_decode=argmax", "objective.alpha=0.5"])
+    cfg = Config.from_dict(data)
+    assert (cfg.objective.bc_target_sigma, cfg.objective.alpha, cfg.model.action_decode) == (4.0, 0.5, "argmax")
+    assert cfg.train == Config().train  # nothing else moved
+
+
+@pytest.mark.parametrize("item", ["objective.alpha", "alpha=0.5", ".alpha=0.5", "objective.=1"])
+def test_malformed_assignments_are_named(item: str) -> None:
+    with pytest.raises(ConfigError, match=item.replace(".", r"\.")):
+        assignments([item])

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -543,6 +544,23 @@ def parse_overrides(text: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config overrides must be a JSON mapping of config sections, got {type(data).__name__}")
     return data
+
+
+def assignments(items: Iterable[str]) -> dict[str, Any]:
+    """`SECTION.FIELD=VALUE` strings (a benchmark's `--set` flags) -> a mapping of sections for `Config.from_dict`,
+    which converts and validates the values (the string "4" becomes a float where the field is one).
+
+    Raises:
+        ConfigError: naming the item that is not of that form.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not (eq and dot and section and name):
+            raise ConfigError(f"{item!r}: expected SECTION.FIELD=VALUE, e.g. objective.bc_target_sigma=4")
+        out = merge(out, {section: {name: value}})
+    return out
 
 
 def pipeline_overrides(*, preset: str, tasks: str, train_steps: int, alpha: float, zero_stage: int, nodes: int,
