@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 TASKS = ("cartpole/balance", "point_mass/easy", "reacher/easy")
+RECIPE = "benchmark"  # the fidelity data are this recipe's expert episodes (its seeds and expert noise)
 log = logging.getLogger("fidelity")
 
 
@@ -46,6 +47,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cache", default="outputs/benchmark-data", help="generated datasets, reused across runs")
     p.add_argument("--tasks", default=",".join(TASKS), help="comma-separated task ids (each needs an expert)")
     p.add_argument("--episodes", type=int, default=30, help="expert episodes per task")
+    add_noise_arg(p)
     p.add_argument("--episode-steps", type=int, default=1000, help="episode length (the suite's standard 1000)")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps")
@@ -59,19 +61,40 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="training config override (repeatable), e.g. model.proprio_encoder=scalar")
     args = p.parse_args(argv)
+    args.expert_noise_std = resolve_noise(args.expert_noise_std)
     for item in args.set:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             p.error(f"--set {item!r}: expected SECTION.FIELD=VALUE")
     return args
 
 
-def expert_dataset(tasks: Sequence[str], episodes: int, steps: int, cache: Path) -> str:
+def add_noise_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--expert-noise-std", type=float,
+                   help="Gaussian noise on the experts' actions, a fraction of half the range (default: the "
+                        f"benchmark recipe's generate.expert_noise_std, pac/recipes/{RECIPE}.yaml; 0: the "
+                        "deterministic experts)")
+
+
+def resolve_noise(given: float | None) -> float:
+    """`--expert-noise-std`, else the recipe's: the fidelity data are the recipe's expert episodes."""
+    if given is not None:
+        return given
+    from importlib import resources
+
+    from pac.config import Config, read_overrides
+
+    recipe = resources.files("pac").joinpath(f"recipes/{RECIPE}.yaml")
+    return Config.from_dict(read_overrides(str(recipe))).generate.expert_noise_std
+
+
+def expert_dataset(tasks: Sequence[str], episodes: int, steps: int, cache: Path, noise: float) -> str:
     """The expert-only dataset of these tasks, generated on first use and found by content hash after."""
     from pac.config import Config, GenerateConfig, StorageConfig
     from pac.data.generate import generation_digest
     from pac.workflow import generate_dataset
 
-    gen = GenerateConfig(tasks=list(tasks), qualities=["expert"], episodes_per_policy=episodes, episode_steps=steps)
+    gen = GenerateConfig(tasks=list(tasks), qualities=["expert"], episodes_per_policy=episodes, episode_steps=steps,
+                         expert_noise_std=noise)
     name = f"expert-{generation_digest(gen)[:12]}"  # one dataset per content: every configuration stays cached
     ref, stats = generate_dataset(Config(generate=gen, storage=StorageConfig(root=str(cache))), name)
     log.info("data: %s (%s)", ref, "generated" if stats is not None else "cached")
@@ -219,7 +242,8 @@ def markdown(result: dict[str, Any]) -> str:
     mlp = "mlp_fidelity" in next(iter(result["tasks"].values()))
     given = result.get("dataset", "")
     data = (f"dataset {given}" if given and "/expert-" not in given
-            else f"{result['episodes']} expert episodes x {result['episode_steps']} steps per task")
+            else f"{result['episodes']} expert episodes x {result['episode_steps']} steps per task"
+            + (f" (expert action noise {noise})" if (noise := result.get("expert_noise_std")) else ""))
     lines = [f"BC fidelity: preset {result['preset']}, {result['steps']} steps x batch {result['batch']}, "
              f"{data}, {result['eval_episodes']} evaluation episodes per task (seed {result['eval_seed']}); overrides: "
              f"{', '.join(result['overrides']) or 'none'}; train {result['train_s']:.0f} s",
@@ -252,7 +276,8 @@ def tasks_and_data(args: argparse.Namespace, prog: str) -> tuple[list[str], str]
     if args.dataset:
         base, _, version = args.dataset.partition("@")
         return tasks, str(Path(base).resolve()) + (f"@{version}" if version else "")
-    return tasks, expert_dataset(tasks, args.episodes, args.episode_steps, Path(args.cache).resolve())
+    return tasks, expert_dataset(tasks, args.episodes, args.episode_steps, Path(args.cache).resolve(),
+                                 args.expert_noise_std)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -280,7 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         floor.fit(args.steps)
     per_task = evaluate_all(trained.export_uri, floor, tasks, args)
     result = {"preset": args.preset, "steps": args.steps, "batch": args.batch, "seed": args.seed, "dataset": dataset,
-              "episodes": args.episodes, "episode_steps": args.episode_steps, "eval_episodes": args.eval_episodes,
+              "episodes": args.episodes, "episode_steps": args.episode_steps,
+              "expert_noise_std": None if args.dataset else args.expert_noise_std, "eval_episodes": args.eval_episodes,
               "eval_seed": args.eval_seed,
               "overrides": args.set, "train_s": train_s, "tasks": per_task,
               "fidelity_mean": float(np.mean([r["fidelity"] for r in per_task.values()]))}

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fidelity import MlpFloor, tasks_and_data  # this folder is on sys.path
+from fidelity import MlpFloor, add_noise_arg, resolve_noise, tasks_and_data  # this folder is on sys.path
 
 log = logging.getLogger("head_ablation")
 
@@ -57,6 +57,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dataset", help="train on this existing dataset (local path, optionally @vNNNN; e.g. the "
                                      "mixed-quality benchmark) instead of generated expert episodes")
     p.add_argument("--episodes", type=int, default=30, help="expert episodes per task (the benchmark recipe's)")
+    add_noise_arg(p)
     p.add_argument("--episode-steps", type=int, default=1000)
     p.add_argument("--steps", type=int, default=20000, help="optimizer steps (the peers' budget)")
     p.add_argument("--batch", type=int, default=256)
@@ -67,6 +68,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--head", action="append", default=[], metavar="LABEL:SECTION.KEY=VALUE,...",
                    help="a head variant (repeatable); default: " + " ".join(DEFAULT_HEADS))
     args = p.parse_args(argv)
+    args.expert_noise_std = resolve_noise(args.expert_noise_std)
     args.heads = {}
     for item in args.head or DEFAULT_HEADS:
         label, _, rest = item.partition(":")
@@ -212,8 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             log.info("%s seed %d: mean fidelity %.2f (%.0f s)", label, seed,
                      np.mean([s["fidelity"] for s in result["tasks"].values()]), time.perf_counter() - t0)
             results.append(result)
-    (out / "results.json").write_text(json.dumps({"dataset": dataset, "steps": args.steps, "batch": args.batch,
-                                                  "lr": args.lr, "runs": results}, indent=2))
+    noise = None if args.dataset else args.expert_noise_std
+    (out / "results.json").write_text(json.dumps({"dataset": dataset, "expert_noise_std": noise, "steps": args.steps,
+                                                  "batch": args.batch, "lr": args.lr, "runs": results}, indent=2))
     text = markdown(results, args, dataset)
     (out / "results.md").write_text(text + "\n")
     print(text)

@@ -17,6 +17,7 @@ from pac.data.generate import (
     check_config,
     estimated_bytes,
     generate_episodes,
+    generation_digest,
     seed_stream,
 )
 from pac.data.schema import Episode
@@ -103,6 +104,22 @@ def test_unknown_task_or_quality_fails_before_simulating() -> None:
         Config.from_dict({"generate": {"qualities": ["expert", "great"]}})
     with pytest.raises(ConfigError, match="generate.damped_expert_prob"):
         Config.from_dict({"generate": {"damped_expert_prob": 1.5}})
+    with pytest.raises(ConfigError, match="generate.expert_noise_std"):
+        Config.from_dict({"generate": {"expert_noise_std": -0.1}})
+
+
+def test_a_noisy_expert_is_recorded_as_the_expert_with_its_noise() -> None:
+    """`generate.expert_noise_std`: the expert quality's episodes carry the noise in their provenance, executed
+    actions and content hash; without it they are the deterministic expert's."""
+    cfg = replace(SMALL, tasks=["cartpole/balance"], qualities=["expert"], episodes_per_policy=1)
+    clean = next(generate_episodes(cfg, progress=False))
+    noisy_cfg = replace(cfg, expert_noise_std=0.1)
+    noisy = next(generate_episodes(noisy_cfg, progress=False))
+    assert (noisy.quality, noisy.provenance["expert_noise_std"]) == ("expert", "0.1")
+    assert "expert_noise_std" not in clean.provenance
+    assert noisy.provenance["seed"] == clean.provenance["seed"]  # the same episode, with noise on its actions
+    assert 0 < np.abs(noisy.actions - clean.actions).mean() < 0.5
+    assert generation_digest(noisy_cfg) != generation_digest(cfg)
 
 
 def test_cli_generates_and_ingests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,12 +17,12 @@ from pac.envs.policies import DampedPolicy, NoisyPolicy, RandomPolicy, make_poli
 
 STEPS = 250  # the generator's default time limit: max return 250
 BEHAVIOUR = {"expert_prob": 0.5, "noise_std": 0.5, "damped_scale": 0.1, "damped_noise_std": 0.0,
-             "damped_expert_prob": 0.0}  # make_policy's parameters of every quality
+             "damped_expert_prob": 0.0, "expert_noise_std": 0.0}  # make_policy's parameters of every quality
 
 
-def returns(task_id: str, quality: str, episodes: int, steps: int = STEPS) -> np.ndarray:
+def returns(task_id: str, quality: str, episodes: int, steps: int = STEPS, **behaviour: float) -> np.ndarray:
     env = make_env(task_id, seed=0, episode_steps=steps)
-    policy = make_policy(env.spec, quality, **BEHAVIOUR)
+    policy = make_policy(env.spec, quality, **{**BEHAVIOUR, **behaviour})
     out = []
     for i in range(episodes):
         obs = env.reset(seed=100 + i)
@@ -141,6 +141,27 @@ def test_damped_noise_spreads_actions_around_the_damped_action() -> None:
     half_range = (env.action_high - env.action_low) / 2
     np.testing.assert_allclose(actions.mean(0), mode, atol=0.03 * half_range.max())
     np.testing.assert_allclose(actions.std(0), 0.2 * half_range, rtol=0.1)
+
+
+def test_a_noisy_expert_spreads_its_actions_around_the_experts_and_keeps_its_return() -> None:
+    """`generate.expert_noise_std`: the expert's own action plus Gaussian noise of that fraction of half the range
+    (what lets a learner see the expert recover), at the deterministic expert's return."""
+    env = make_env("reacher/easy", seed=0, episode_steps=200)
+    obs = env.reset(seed=0)
+    clean = make_policy(env.spec, "expert", **BEHAVIOUR)
+    clean.reset(env, 0)
+    half_range = (env.action_high - env.action_low) / 2
+    # a state where the expert's action is well inside the bounds (clipping would bias the noisy mean)
+    while np.any(np.abs(best := clean.act(env, obs)) > 0.7 * half_range):
+        obs, *_ = env.step(best)
+    noisy = make_policy(env.spec, "expert", **{**BEHAVIOUR, "expert_noise_std": 0.1})
+    noisy.reset(env, 0)
+    actions = np.array([noisy.act(env, obs) for _ in range(2000)])
+    np.testing.assert_allclose(actions.mean(0), best, atol=0.01 * half_range.max())
+    np.testing.assert_allclose(actions.std(0), 0.1 * half_range, rtol=0.1)
+    expert = returns("reacher/easy", "expert", 3, 200)
+    with_noise = returns("reacher/easy", "expert", 3, 200, expert_noise_std=0.1)
+    assert with_noise.mean() >= 0.95 * expert.mean(), (with_noise, expert)
 
 
 def test_damped_sits_between_random_and_expert_on_reacher() -> None:

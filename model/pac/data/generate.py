@@ -134,7 +134,8 @@ def _run(cfg: GenerateConfig, task: str, quality: str) -> list[Episode]:
     # ScriptedSource builds a fresh policy per episode (experts keep per-episode state).
     factory = functools.partial(make_policy, quality=quality, expert_prob=cfg.noisy_expert_prob,
                                 noise_std=cfg.noisy_action_std, damped_scale=cfg.damped_scale,
-                                damped_noise_std=cfg.damped_noise_std, damped_expert_prob=cfg.damped_expert_prob)
+                                damped_noise_std=cfg.damped_noise_std, damped_expert_prob=cfg.damped_expert_prob,
+                                expert_noise_std=cfg.expert_noise_std)
     policy_name = factory(plan.spec).name
     rollouts = iter_rollout(ScriptedSource(factory, name=policy_name), plan, rollout_cfg,
                             stream=seed_stream(quality), record=True, videos=0, progress=False)
@@ -150,6 +151,8 @@ def _run(cfg: GenerateConfig, task: str, quality: str) -> list[Episode]:
         if quality == "noisy":
             provenance["noisy_expert_prob"] = str(cfg.noisy_expert_prob)
             provenance["noisy_action_std"] = str(cfg.noisy_action_std)
+        if quality == "expert" and cfg.expert_noise_std > 0:
+            provenance["expert_noise_std"] = str(cfg.expert_noise_std)
         if quality == "damped":
             provenance["damped_scale"] = str(cfg.damped_scale)
             provenance["damped_noise_std"] = str(cfg.damped_noise_std)

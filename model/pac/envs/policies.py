@@ -111,8 +111,8 @@ class DampedPolicy(Policy):
         return env.clip(centre + self.scale * (action - centre))
 
 
-def make_policy(spec: TaskSpec, quality: str, *, expert_prob: float, noise_std: float,
-                damped_scale: float, damped_noise_std: float, damped_expert_prob: float) -> Policy:
+def make_policy(spec: TaskSpec, quality: str, *, expert_prob: float, noise_std: float, damped_scale: float,
+                damped_noise_std: float, damped_expert_prob: float, expert_noise_std: float) -> Policy:
     """A fresh behaviour policy of one quality level for a task (one per environment: policies keep state).
 
     Args:
@@ -125,6 +125,8 @@ def make_policy(spec: TaskSpec, quality: str, *, expert_prob: float, noise_std: 
             range (`GenerateConfig`; 0: none).
         damped_expert_prob: the damped policy's per-step probability of taking the expert's own action
             (`GenerateConfig`; 0: never).
+        expert_noise_std: Gaussian noise on the expert's own actions, a fraction of half the action range
+            (`GenerateConfig`; 0: the deterministic expert).
 
     Raises:
         ValueError: unknown quality.
@@ -134,7 +136,7 @@ def make_policy(spec: TaskSpec, quality: str, *, expert_prob: float, noise_std: 
     if quality == "random":
         return RandomPolicy()
     if quality == "expert":
-        return make_expert(spec)
+        return NoisyPolicy(make_expert(spec), 1.0, expert_noise_std) if expert_noise_std > 0 else make_expert(spec)
     if quality == "noisy":
         return NoisyPolicy(make_expert(spec), expert_prob, noise_std)
     if quality == "damped":
