@@ -35,7 +35,8 @@ from pac.envs import get_task
 from pac.envs.policies import make_policy
 from pac.evaluation import ScriptedSource, TaskPlan, iter_rollout, task_layout
 
-GENERATOR_VERSION = "3"  # bump when the same config would produce different episodes (3: the reacher expert's kd)
+GENERATOR_VERSION = "4"  # bump when the same config would produce different episodes (3: the reacher expert's kd;
+# 4: finger/turn_easy's planning bonus)
 _HIST_BINS = 10
 
 
