@@ -62,9 +62,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="training config override (repeatable), e.g. model.proprio_encoder=scalar")
     args = p.parse_args(argv)
     args.expert_noise_std = resolve_noise(args.expert_noise_std)
-    for item in args.set:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            p.error(f"--set {item!r}: expected SECTION.FIELD=VALUE")
+    from pac.config import ConfigError, assignments
+
+    try:
+        assignments(args.set)  # the form only: the values are checked with the whole config
+    except ConfigError as e:
+        p.error(f"--set {e}")
     return args
 
 
