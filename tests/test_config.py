@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pac.cli import build_parser
 from pac.cli.common import resolve_config
-from pac.config import Config, ConfigError, ModelConfig, ObjectiveConfig, TrainConfig, assignments
+from pac.config import Config, ConfigError, DataConfig, ModelConfig, ObjectiveConfig, TrainConfig, assignments
 
 
 @pytest.mark.parametrize("make,field", [
@@ -22,6 +22,7 @@ from pac.config import Config, ConfigError, ModelConfig, ObjectiveConfig, TrainC
     (lambda: TrainConfig(global_batch_size=10, micro_batch_size=4), "train.global_batch_size"),
     (lambda: TrainConfig(zero_stage=4), "train.zero_stage"),
     (lambda: TrainConfig(offload_optimizer=True, zero_stage=1), "train.offload_optimizer"),
+    (lambda: DataConfig(qualities=["expert", "excellent"]), "data.qualities"),
 ])
 def test_validation_names_the_field(make, field: str) -> None:
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):

@@ -22,6 +22,7 @@ import yaml
 # Camera resolution shared by the simulator (what episodes store) and the vision encoder.
 IMAGE_SIZE = 64
 BEHAVIOUR_QUALITIES = ("random", "noisy", "damped", "expert")  # what `pac.envs.policies` can generate
+EPISODE_QUALITIES = (*BEHAVIOUR_QUALITIES, "policy", "unknown")  # + collected by a trained policy, or not known
 
 
 class ConfigError(ValueError):
@@ -213,8 +214,13 @@ class DataConfig:
     shards_in_memory: int = 4  # bounds memory on datasets larger than RAM
     shard_mb: float = 64.0  # ingestion: target size of one shard file (episodes are never split across shards)
     mix_with: dict[str, float] = field(default_factory=dict)  # more datasets -> sampling weight (data.dataset: 1)
+    # train on data.dataset's episodes of these quality labels only (e.g. [expert]: a recipe's expert subset);
+    # empty: all. The datasets of data.mix_with are taken whole.
+    qualities: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        _check(set(self.qualities) <= set(EPISODE_QUALITIES), "data.qualities",
+               f"choose from {', '.join(EPISODE_QUALITIES)}; got {self.qualities}")
         for uri, w in self.mix_with.items():
             _check(w > 0.0, f"data.mix_with[{uri}]", f"must be > 0, got {w}")
         for task, w in self.task_weights.items():

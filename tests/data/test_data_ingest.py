@@ -202,6 +202,22 @@ def test_unknown_manifest_schema_version(episode_factory, storage: StorageConfig
         open_dataset("schema", storage)
 
 
+def test_manifest_records_each_episode_quality(episode_factory, storage: StorageConfig) -> None:
+    labels = ["random", "expert", "noisy", "expert"]
+    ref = ingest([episode_factory(seed=i, quality=q) for i, q in enumerate(labels)], "labels", storage=storage,
+                 progress=False)
+    path = Path(ref.uri) / "v0001" / "manifest.json"
+    assert open_dataset("labels", storage).manifest.shards[0].labels() == labels
+    doc = json.loads(path.read_text())
+    doc["shards"][0].pop("episode_qualities")  # as written before the field existed: still readable
+    path.write_text(json.dumps(doc))
+    assert open_dataset("labels", storage).manifest.shards[0].labels() is None  # mixed labels: not recoverable
+    doc["shards"][0]["episode_qualities"] = ["expert"] * 4  # disagrees with the quality counts
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ManifestError, match="shard entry 0: episode_qualities do not match qualities"):
+        open_dataset("labels", storage)
+
+
 def test_tampered_shard_is_detected(episode_factory, storage: StorageConfig, tmp_path: Path) -> None:
     ref = ingest([episode_factory(seed=i) for i in range(3)], "tamper", storage=storage, progress=False)
     ds = open_dataset(str(ref), storage)

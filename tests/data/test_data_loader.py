@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -199,6 +200,45 @@ def test_task_weights(mixed_episodes: list[Episode], storage: StorageConfig) -> 
         _loader(str(ref), storage, data=DataConfig(tasks=["cheetah/run"]))
     with pytest.raises(DatasetError, match="gives no weight for point_mass/easy"):
         _loader(str(ref), storage, data=DataConfig(task_weights={"cartpole/balance": 1.0}))
+
+
+def test_quality_selection(mixed_episodes: list[Episode], storage: StorageConfig) -> None:
+    ref = ingest(mixed_episodes, "quality", storage=storage, data=SMALL, progress=False)
+    shards = open_dataset(str(ref), storage).manifest.shards
+    experts = _loader(str(ref), storage, batch_size=64, data=DataConfig(qualities=["expert"]))
+    sampled = {(int(s), int(e)) for step in range(20) for s, e in zip(experts.plan(step).shard,
+                                                                       experts.plan(step).episode)}
+    assert {shards[s].labels()[e] for s, e in sampled} == {"expert"}
+    expert_ids = {(i, e) for i, s in enumerate(shards) for e, q in enumerate(s.labels()) if q == "expert"}
+    assert experts.episodes() == expert_ids  # every expert episode, nothing else
+    # Default task weights follow the selected transitions, not the task's whole data.
+    cartpole = sum(s.episode_lengths[e] for i, s in enumerate(shards) for e in range(s.episodes)
+                   if (i, e) in expert_ids and s.task == "cartpole/balance")
+    point_mass = sum(s.transitions for s in shards if s.task == "point_mass/easy")  # all expert
+    share = experts.task_probs[experts.tasks.index("cartpole/balance")]
+    assert share == pytest.approx(cartpole / (cartpole + point_mass))
+    assert experts.state_dict()["qualities"] == ["expert"]
+
+    with pytest.raises(DatasetError, match=r"task point_mass/easy .* has no episode of data.qualities \['noisy'\] "
+                                           r"\(it holds expert\); select tasks with data.tasks"):
+        _loader(str(ref), storage, data=DataConfig(qualities=["noisy"]))
+    noisy = _loader(str(ref), storage, data=DataConfig(qualities=["noisy"], tasks=["cartpole/balance"]))
+    assert {shards[s].labels()[e] for s, e in noisy.episodes()} == {"noisy"}
+
+
+def test_quality_selection_on_a_manifest_without_episode_labels(mixed_episodes: list[Episode],
+                                                                storage: StorageConfig) -> None:
+    ref = ingest(mixed_episodes, "legacy", storage=storage, progress=False)
+    path = Path(ref.uri) / "v0001" / "manifest.json"
+    doc = json.loads(path.read_text())
+    for shard in doc["shards"]:
+        shard.pop("episode_qualities")
+    path.write_text(json.dumps(doc))
+    only_expert = _loader(str(ref), storage, data=DataConfig(qualities=["expert"], tasks=["point_mass/easy"]))
+    assert len(only_expert.episodes()) == 5  # a shard of one label needs no per-episode list
+    with pytest.raises(DatasetError, match=r"published before its manifest recorded each episode's quality and "
+                                           r"task cartpole/balance mixes qualities: re-ingest it"):
+        _loader(str(ref), storage, data=DataConfig(qualities=["expert"]))
 
 
 def test_memory_bound_on_open_shards(mixed_episodes: list[Episode], storage: StorageConfig) -> None:

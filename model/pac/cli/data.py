@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from pac.cli.common import add_config_flags, resolve_config
-from pac.data.schema import QUALITIES
+from pac.config import EPISODE_QUALITIES
 
 if TYPE_CHECKING:
     from pac.data.dataset import Dataset
@@ -57,7 +57,7 @@ def add_ingest(sub: argparse._SubParsersAction) -> None:
                    help="task id for every episode (required for Minari; accepted even if not in `pac tasks`)")
     p.add_argument("--instruction", default="", help="instruction text for every episode (default: from the file, "
                                                      "else the registry's)")
-    p.add_argument("--quality", default="", choices=["", *QUALITIES], help="quality label for every episode")
+    p.add_argument("--quality", default="", choices=["", *EPISODE_QUALITIES], help="quality label for every episode")
     p.add_argument("--append", action="store_true",
                    help="the new version also contains all episodes of the latest one")
     p.add_argument("--uri-file", metavar="PATH", help="also write the published URI to this file (pipeline output)")

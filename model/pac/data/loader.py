@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from pac.config import Config, DataConfig, ProprioStats, StorageConfig
 from pac.data.dataset import Dataset, DatasetError, default_cache_dir, open_dataset
+from pac.data.manifest import ShardInfo
 from pac.data.shards import Shard
 from pac.inputs import Observation, Transition, normalize_action, normalize_proprio, tokenize
 
@@ -136,25 +137,21 @@ class TransitionLoader:
         if unknown:
             raise DatasetError(f"task(s) {', '.join(sorted(set(unknown)))} not in dataset {self.dataset.uri}; it "
                                f"holds {', '.join(stats)}")
-        if self.data.task_weights:
-            unweighted = [t for t in selected if t not in self.data.task_weights]
-            if unweighted:
-                raise DatasetError(f"data.task_weights gives no weight for {', '.join(unweighted)}; weigh every "
-                                   f"selected task (0 excludes one)")
-            weights = {t: float(self.data.task_weights[t]) for t in selected}
-        else:
-            weights = {t: float(stats[t].transitions) for t in selected}
         unnormalised = [t for t in selected if self.proprio_stats and t not in self.proprio_stats]
         if unnormalised:  # one raw task among standardised ones would train on the wrong scale, silently
             raise DatasetError(f"no state statistics for task(s) {', '.join(unnormalised)} of {self.dataset.uri} "
                                f"(given for {', '.join(sorted(self.proprio_stats))})")
 
         index: dict[str, _TaskIndex] = {}
+        available: dict[str, int] = {}  # task -> transitions of the selected qualities, over all ranks
         for task in selected:
             shard_ids = [i for i, s in enumerate(manifest.shards) if s.task == task]
             lengths = np.concatenate([manifest.shards[i].episode_lengths for i in shard_ids]).astype(np.int64)
             shard = np.concatenate([np.full(manifest.shards[i].episodes, i) for i in shard_ids]).astype(np.int64)
             episode = np.concatenate([np.arange(manifest.shards[i].episodes) for i in shard_ids]).astype(np.int64)
+            keep = self._quality_mask(task, [manifest.shards[i] for i in shard_ids])
+            lengths, shard, episode = lengths[keep], shard[keep], episode[keep]
+            available[task] = int(lengths.sum())
             mine = partition(lengths, rank, world_size)
             if not mine.any():
                 log.warning("rank %d/%d holds no episode of task %s (%d episodes in total); it samples the other "
@@ -162,6 +159,14 @@ class TransitionLoader:
                 continue
             start = np.concatenate([[0], np.cumsum(lengths[mine])[:-1]]).astype(np.int64)
             index[task] = _TaskIndex(shard[mine], episode[mine], start, int(lengths[mine].sum()))
+        if self.data.task_weights:
+            unweighted = [t for t in selected if t not in self.data.task_weights]
+            if unweighted:
+                raise DatasetError(f"data.task_weights gives no weight for {', '.join(unweighted)}; weigh every "
+                                   f"selected task (0 excludes one)")
+            weights = {t: float(self.data.task_weights[t]) for t in selected}
+        else:
+            weights = {t: float(available[t]) for t in selected}
         self.tasks = [t for t in selected if t in index and weights[t] > 0]
         if not self.tasks:
             raise DatasetError(f"rank {rank} of {world_size} has no data to sample from {self.dataset.uri} (tasks "
@@ -178,6 +183,27 @@ class TransitionLoader:
                                f"one camera resolution")
         self.image_shape: tuple[int, ...] | None = shapes.pop() if shapes else None
         self.fingerprint = hashlib.sha256("".join(s.sha256 for s in manifest.shards).encode()).hexdigest()
+
+    def _quality_mask(self, task: str, shards: list[ShardInfo]) -> np.ndarray:
+        """Which of the task's episodes (in manifest order) carry a label of `data.qualities` (all if empty).
+
+        Raises:
+            DatasetError: the task has no such episode, or a shard's manifest entry predates per-episode labels.
+        """
+        wanted = set(self.data.qualities)
+        per_shard = [s.labels() for s in shards]
+        if not wanted:
+            return np.ones(sum(s.episodes for s in shards), dtype=bool)
+        if any(labels is None for labels in per_shard):
+            raise DatasetError(f"dataset {self.dataset.uri} was published before its manifest recorded each "
+                               f"episode's quality and task {task} mixes qualities: re-ingest it with this pac "
+                               f"(pac data ingest) to select data.qualities")
+        keep = np.array([q in wanted for labels in per_shard for q in labels], dtype=bool)
+        if not keep.any():
+            held = sorted({q for s in shards for q in s.qualities})
+            raise DatasetError(f"task {task} of {self.dataset.uri} has no episode of data.qualities "
+                               f"{sorted(wanted)} (it holds {', '.join(held)}); select tasks with data.tasks")
+        return keep
 
     # -- sampling ---------------------------------------------------------------------------------------
 
@@ -322,7 +348,7 @@ class TransitionLoader:
         return {"format": STATE_FORMAT, "step": self.step, "seed": self.seed, "dataset": self.dataset.uri,
                 "fingerprint": self.fingerprint, "batch_size": self.batch_size, "n_step": self.n_step,
                 "discount": self.discount, "world_size": self.world_size, "tasks": list(self.tasks),
-                "task_probs": self.task_probs.tolist()}
+                "qualities": sorted(self.data.qualities), "task_probs": self.task_probs.tolist()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from a saved position.
@@ -341,6 +367,8 @@ class TransitionLoader:
                 raise ValueError(f"the saved loader used {key}={state[key]}, this one {getattr(self, key)}; "
                                  f"resuming would change the data stream")
         changed = [k for k in ("batch_size", "world_size", "tasks") if state[k] != getattr(self, k)]
+        if state.get("qualities", []) != sorted(self.data.qualities):  # states before data.qualities: every one
+            changed.append("qualities")
         if changed or not np.allclose(state["task_probs"], self.task_probs):
             log.warning("resuming the data stream at step %d with changed %s: sampling continues, but not as an "
                         "exact continuation", state["step"], ", ".join(changed) or "task weights")

@@ -53,6 +53,15 @@ class ShardInfo:
     observations: int
     action_low: list[float]  # elementwise min/max of the episodes' bounds
     action_high: list[float]
+    # each episode's quality label, in shard order, so training can select by quality (`data.qualities`);
+    # None in manifests written before it existed (a shard of one label is still selectable: `labels()`)
+    episode_qualities: list[str] | None = None
+
+    def labels(self) -> list[str] | None:
+        """Each episode's quality label, or None when the manifest predates them and the shard mixes labels."""
+        if self.episode_qualities is not None:
+            return list(self.episode_qualities)
+        return [next(iter(self.qualities))] * self.episodes if len(self.qualities) == 1 else None
 
     @staticmethod
     def summarize(episodes: Sequence[Episode], path: str, sha256: str, nbytes: int) -> ShardInfo:
@@ -73,7 +82,8 @@ class ShardInfo:
             proprio_mean=mean.tolist(), proprio_m2=((proprio - mean) ** 2).sum(axis=0).tolist(),
             observations=int(proprio.shape[0]),
             action_low=np.min([ep.action_low for ep in episodes], axis=0).astype(np.float64).tolist(),
-            action_high=np.max([ep.action_high for ep in episodes], axis=0).astype(np.float64).tolist())
+            action_high=np.max([ep.action_high for ep in episodes], axis=0).astype(np.float64).tolist(),
+            episode_qualities=[ep.quality for ep in episodes])
 
 
 @dataclass
@@ -154,6 +164,7 @@ _SHARD_FIELDS: dict[str, tuple[type, type | None]] = {
     "qualities": (dict, int), "policies": (dict, int), "proprio_mean": (list, float), "proprio_m2": (list, float),
     "observations": (int, None), "action_low": (list, float), "action_high": (list, float),
 }
+_OPTIONAL_SHARD_FIELDS = {"episode_qualities"}  # absent from manifests written before it (same schema version)
 
 
 def _check_shard_entry(s: dict[str, Any], where: str) -> None:
@@ -181,6 +192,11 @@ def _check_shard_entry(s: dict[str, Any], where: str) -> None:
         (sum(s["qualities"].values()) == s["episodes"], "qualities do not count the episodes"),
         (s["bytes"] >= 0 and len(s["sha256"]) == 64, "bytes or sha256 malformed"),
     ]
+    labels = s.get("episode_qualities")
+    if labels is not None:
+        if not (_is(labels, list) and all(_is(v, str) for v in labels)):
+            raise ManifestError(f"{where}: episode_qualities must be a list of str, got {labels!r:.80}")
+        checks.append((Counter(labels) == Counter(s["qualities"]), "episode_qualities do not match qualities"))
     for ok, what in checks:
         if not ok:
             raise ManifestError(f"{where}: {what}")
@@ -249,7 +265,7 @@ class Manifest:
             if not isinstance(doc["shards"], list) or not all(isinstance(s, dict) for s in doc["shards"]):
                 raise ManifestError(f"manifest {where}: shards must be a list of shard entries")
             for i, s in enumerate(doc["shards"]):
-                unknown, missing = set(s) - names, names - set(s)
+                unknown, missing = set(s) - names, names - set(s) - _OPTIONAL_SHARD_FIELDS
                 if unknown or missing:
                     raise ManifestError(f"manifest {where}: shard entry {i} has unknown field(s) {sorted(unknown)} "
                                         f"/ lacks field(s) {sorted(missing)}")

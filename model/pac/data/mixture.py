@@ -51,7 +51,9 @@ def build_source(cfg: Config, *, rank: int = 0, world_size: int = 1) -> Transiti
         return main
     loaders, weights = [main], [1.0]
     for uri, weight in cfg.data.mix_with.items():
-        other = Config.from_dict({**cfg.to_dict(), "data": {**cfg.to_dict()["data"], "dataset": uri, "mix_with": {}}})
+        # taken whole: data.qualities selects within data.dataset (collected data is all quality "policy")
+        data = {**cfg.to_dict()["data"], "dataset": uri, "mix_with": {}, "qualities": []}
+        other = Config.from_dict({**cfg.to_dict(), "data": data})
         loaders.append(build_loader(other, rank=rank, world_size=world_size))
         weights.append(weight)
     return MixtureSource(loaders, weights, cfg.seed)

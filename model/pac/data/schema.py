@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pac.config import BEHAVIOUR_QUALITIES
+from pac.config import EPISODE_QUALITIES
 
 SCHEMA_VERSION = 1
-QUALITIES = (*BEHAVIOUR_QUALITIES, "policy", "unknown")  # + collected by a trained policy, or not known
 
 
 class EpisodeError(ValueError):
@@ -33,7 +32,7 @@ class Episode:
     action_low: np.ndarray  # (A,) float32
     action_high: np.ndarray  # (A,) float32
     images: np.ndarray | None = None  # (T+1, H, W, 3) uint8
-    quality: str = "unknown"  # behaviour quality label, one of QUALITIES
+    quality: str = "unknown"  # behaviour quality label, one of EPISODE_QUALITIES
     policy: str = ""  # the behaviour policy that produced it (name or model version)
     provenance: dict[str, str] = field(default_factory=dict)  # source, generator config, seeds, ...
     episode_id: str = ""
@@ -55,8 +54,8 @@ class Episode:
 
         if not self.task:
             fail("task", "is empty")
-        if self.quality not in QUALITIES:
-            fail("quality", f"must be one of {QUALITIES}, got {self.quality!r}")
+        if self.quality not in EPISODE_QUALITIES:
+            fail("quality", f"must be one of {EPISODE_QUALITIES}, got {self.quality!r}")
         arrays = {"proprio": (self.proprio, 2, np.floating), "actions": (self.actions, 2, np.floating),
                   "rewards": (self.rewards, 1, np.floating), "discounts": (self.discounts, 1, np.floating),
                   "action_low": (self.action_low, 1, np.floating), "action_high": (self.action_high, 1, np.floating)}
