@@ -214,9 +214,8 @@ class DataConfig:
     shards_in_memory: int = 4  # bounds memory on datasets larger than RAM
     shard_mb: float = 64.0  # ingestion: target size of one shard file (episodes are never split across shards)
     mix_with: dict[str, float] = field(default_factory=dict)  # more datasets -> sampling weight (data.dataset: 1)
-    # train on data.dataset's episodes of these quality labels only (e.g. [expert]: a recipe's expert subset);
-    # empty: all. The datasets of data.mix_with are taken whole.
-    qualities: list[str] = field(default_factory=list)
+    # (the datasets of data.mix_with are taken whole: self-collected data is all "policy")
+    qualities: list[str] = field(default_factory=list)  # only episodes with these labels, e.g. expert; empty: all
 
     def __post_init__(self) -> None:
         _check(set(self.qualities) <= set(EPISODE_QUALITIES), "data.qualities",
