@@ -22,7 +22,7 @@ output folder (two at a time on a 2-core machine). Each invocation writes `resul
 every unit present: per-task and mean normalised scores, each method's training wall time for all tasks (ours:
 one model; peers: summed over their per-task models), and our methods minus BC paired by seed (95% t-interval).
 
-    pac data generate --config benchmark --dataset benchmark --storage.root outputs/store       # ~31 min (finger: planner)
+    pac data generate --config benchmark --dataset benchmark --storage.root outputs/store       # ~31-33 min
     .venv/bin/python benchmarks/compare.py --dataset benchmark --storage-root outputs/store \\
         --output outputs/compare --seeds 0                          # and --seeds 1, --seeds 2 beside it
     .venv/bin/python benchmarks/compare.py --dataset control --storage-root /tmp/store --output /tmp/cmp \\

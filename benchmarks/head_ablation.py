@@ -9,9 +9,10 @@ normalised between the random policy (0) and the expert (1) on the same seeded e
 `--head LABEL:SECTION.KEY=VALUE,...` names a variant (repeatable); the label `mse` is the squared-error head,
 every other label is the categorical head with those overrides of `model.action_*` / `objective.bc_target*`.
 `--dataset` trains on an existing dataset instead (e.g. the mixed-quality benchmark: which head regresses
-mixed behaviour as well as the peers' BC does). Without `--head` the default set runs: the squared-error
-floor, today's default, and the choices the issue names (bins, target smoothing, decoding). Each (head, seed)
-writes `runs/LABEL-seedN.json` when done and is not redone, so a killed run continues where it stopped.
+mixed behaviour as well as the peers' BC does; `--qualities expert` reads its expert subset). Without `--head`
+the default set runs: the squared-error floor, today's default, and the choices the issue names (bins, target
+smoothing, decoding). Each (head, seed) writes `runs/LABEL-seedN.json` when done and is not redone, so a killed
+run continues where it stopped.
 
     .venv/bin/python benchmarks/head_ablation.py --tasks pendulum/swingup --steps 20000 \\
         --output outputs/heads-pendulum                      # ~2 min per head on one core
@@ -56,6 +57,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tasks", default="pendulum/swingup", help="comma-separated task ids (one model over all)")
     p.add_argument("--dataset", help="train on this existing dataset (local path, optionally @vNNNN; e.g. the "
                                      "mixed-quality benchmark) instead of generated expert episodes")
+    p.add_argument("--qualities", default="", help="train on the dataset's episodes of these quality labels only, "
+                                                  "comma-separated (e.g. expert: a recipe's expert subset)")
     p.add_argument("--episodes", type=int, default=30, help="expert episodes per task (the benchmark recipe's)")
     add_noise_arg(p)
     p.add_argument("--episode-steps", type=int, default=1000)
@@ -86,10 +89,12 @@ def head_config(dataset: str, tasks: Sequence[str], pairs: Sequence[str], seed: 
     from pac.data.mixture import with_proprio_stats
 
     train = {"steps": args.steps, "global_batch_size": args.batch, "micro_batch_size": args.batch}
+    qualities = [q for q in args.qualities.split(",") if q]
     if args.lr is not None:
         train["lr"] = args.lr
     base = {"seed": seed, "objective": {"alpha": 1.0, "beta": 0.0}, "train": train,
-            "data": {"dataset": dataset, "tasks": list(tasks)}, "storage": {"root": str(Path(args.cache).resolve())},
+            "data": {"dataset": dataset, "tasks": list(tasks), "qualities": qualities},
+            "storage": {"root": str(Path(args.cache).resolve())},
             "tracking": {"enabled": False}}
     return with_proprio_stats(Config.from_dict(merge(base, assignments(pairs))), {})
 
@@ -215,8 +220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                      np.mean([s["fidelity"] for s in result["tasks"].values()]), time.perf_counter() - t0)
             results.append(result)
     noise = None if args.dataset else args.expert_noise_std
-    (out / "results.json").write_text(json.dumps({"dataset": dataset, "expert_noise_std": noise, "steps": args.steps,
-                                                  "batch": args.batch, "lr": args.lr, "runs": results}, indent=2))
+    (out / "results.json").write_text(json.dumps({"dataset": dataset, "qualities": args.qualities,
+                                                  "expert_noise_std": noise, "steps": args.steps, "batch": args.batch,
+                                                  "lr": args.lr, "runs": results}, indent=2))
     text = markdown(results, args, dataset)
     (out / "results.md").write_text(text + "\n")
     print(text)

@@ -64,7 +64,11 @@ def test_each_head_is_scored_closed_loop_and_a_finished_head_is_not_refitted(
 
     # An existing dataset (here the episodes just generated) is read as it is, not generated again.
     (generated,) = (tmp_path / "cache").iterdir()
-    assert heads.main([*argv[:-4], "--head", "mse", "--dataset", str(generated), "--output",
+    assert heads.main([*argv[:-4], "--head", "mse", "--dataset", str(generated), "--qualities", "expert", "--output",
                        str(tmp_path / "given")]) == 0
-    assert json.loads((tmp_path / "given" / "results.json").read_text())["dataset"] == str(generated)
+    given = json.loads((tmp_path / "given" / "results.json").read_text())
+    assert given["dataset"] == str(generated) and given["qualities"] == "expert"
+    with pytest.raises(Exception, match="has no episode of data.qualities"):  # the selection reaches the loader
+        heads.main([*argv[:-4], "--head", "mse", "--dataset", str(generated), "--qualities", "random", "--output",
+                    str(tmp_path / "random")])
     assert [p.name for p in (tmp_path / "cache").iterdir()] == [generated.name]
