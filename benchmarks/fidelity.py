@@ -16,7 +16,7 @@ overrides the training config (repeatable), so each ablation is one command:
     .venv/bin/python benchmarks/fidelity.py --output outputs/fid-scalar --set model.proprio_encoder=scalar
     .venv/bin/python benchmarks/fidelity.py --output outputs/fid-mixed --dataset RUN/store/behaviour@v0001 \\
         --tasks jaco/reach_site --episode-steps 100                 # BC and the MLP floor on data you already have
-    .venv/bin/python benchmarks/fidelity.py --output outputs/fid-finger --dataset outputs/store/benchmark \
+    .venv/bin/python benchmarks/fidelity.py --output outputs/fid-finger --dataset outputs/store/benchmark \\
         --tasks finger/turn_easy --set data.qualities=expert    # a recipe's expert subset, without regenerating it
     .venv/bin/python benchmarks/fidelity.py --output /tmp/f --tasks point_mass/easy --episodes 2 \\
         --episode-steps 100 --steps 20 --eval-episodes 2                                  # plumbing smoke

@@ -191,9 +191,9 @@ class TransitionLoader:
             DatasetError: the task has no such episode, or a shard's manifest entry predates per-episode labels.
         """
         wanted = set(self.data.qualities)
-        per_shard = [s.labels() for s in shards]
         if not wanted:
             return np.ones(sum(s.episodes for s in shards), dtype=bool)
+        per_shard = [s.labels() for s in shards]
         if any(labels is None for labels in per_shard):
             raise DatasetError(f"dataset {self.dataset.uri} was published before its manifest recorded each "
                                f"episode's quality and task {task} mixes qualities: re-ingest it with this pac "
