@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run on this machine (submitting to a cluster: upload the compiled YAML or `schedule`)")
     q.add_argument("--output", help="run directory (default: outputs/pipeline/<timestamp>)")
     q.add_argument("--config", default="demo", metavar="FILE|RECIPE",
-                   help="config overrides for every step (default: the shipped demo recipe, ~8 min on 2 CPU cores)")
+                   help="config overrides for every step (default: the shipped demo recipe, ~9 min on 2 CPU cores)")
     q.add_argument("--stores", choices=("embedded", "configured"), default="embedded",
                    help="embedded: a local object store and MLflow store in the run directory; configured: "
                         "storage.root from --config and $MLFLOW_TRACKING_URI (the helm chart's CronJob)")
