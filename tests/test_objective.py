@@ -78,6 +78,7 @@ def test_the_automatic_advantage_filter_applies_to_pac_only() -> None:
     assert not ObjectiveConfig(alpha=1.0, beta=0.0, bc_filter="auto").filters_bc
     assert not ObjectiveConfig(alpha=0.75, beta=0.0, bc_filter="auto").filters_bc
     assert ObjectiveConfig(alpha=1.0, beta=1.0, bc_filter="advantage").filters_bc
+    assert ObjectiveConfig(alpha=1.0, beta=1.0, bc_filter="soft").filters_bc
     assert not ObjectiveConfig(alpha=0.75, bc_filter="none").filters_bc
     with pytest.raises(ConfigError, match="needs objective.beta > 0"):
         ObjectiveConfig(alpha=1.0, beta=0.0, bc_filter="advantage")
@@ -115,6 +116,28 @@ def test_pure_rl_moves_probability_towards_the_highest_q_action() -> None:
     after = mass_near_best()
     assert before == pytest.approx(11 / cfg.action_bins, abs=1e-3)  # uniform start
     assert after > 0.5, f"mass near the best action only {after:.3f}"
+
+
+def test_the_soft_filter_lies_between_the_binary_filter_and_bc() -> None:
+    """`bc_filter: soft` weights each data action by min(1, exp(A/eta)): the binary filter as eta -> 0, BC as
+    eta grows, and in between it keeps at least what the binary filter keeps."""
+    torch.manual_seed(0)
+    cfg = model_config("tiny")
+    net = ToyCritic(cfg)
+    batch = synthetic_transitions(cfg, 64, action_dims=(1,))
+
+    def kept(bc_filter: str, eta: float) -> float:
+        obj = ObjectiveConfig(alpha=0.75, bc_filter=bc_filter, eta=eta, eta_min=1e-6, learn_eta=False)
+        _, metrics = pac_loss(net, net, Temperature(obj), batch, obj, torch.Generator().manual_seed(0))
+        return float(metrics["bc_kept"])
+
+    binary = kept("advantage", 1.0)
+    assert 0.0 < binary < 1.0  # the toy critic ranks some data actions above the policy's samples, not all
+    assert kept("soft", 1e-5) == pytest.approx(binary, abs=1e-6)
+    assert binary < kept("soft", 1.0) < kept("soft", 10.0) < 1.0
+    assert kept("soft", 1e6) == pytest.approx(1.0, abs=1e-4)
+    with pytest.raises(ConfigError, match="needs objective.beta > 0"):
+        ObjectiveConfig(alpha=1.0, beta=0.0, bc_filter="soft")
 
 
 def test_improvement_weights_prefer_high_q() -> None:

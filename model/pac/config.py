@@ -141,8 +141,11 @@ class ObjectiveConfig:
     # critic ranks above the policy's own value, A(s, a) = Q(s, a) - mean_k Q(s, a'_k) > 0 (CRR's binary filter,
     # Wang et al. 2020). Needs a critic (beta > 0). On data whose most frequent action is the worse one it moves
     # the objective's fixed point off the data's mode (tests/training/test_train_integration.py, docs/quality.md).
-    # auto: the filter for PAC (alpha < 1, beta > 0); BC and BC+Q stay the paper's baselines
-    bc_filter: Literal["none", "advantage", "auto"] = "none"
+    # soft: weight min(1, exp(A/eta)) with the improvement's temperature, the binary filter as eta -> 0: where
+    # the critic's action differences are noise next to eta (balancing near an equilibrium) it stays near BC
+    # instead of dropping half the data at random. auto: the binary filter for PAC (alpha < 1, beta > 0); BC and
+    # BC+Q stay the paper's baselines
+    bc_filter: Literal["none", "advantage", "soft", "auto"] = "none"
     eta: float = 1.0  # temperature of the improved policy (initial value when learned; exports record the learned one)
     learn_eta: bool = True  # MPO-style dual on eta with KL bound epsilon
     epsilon: float = 0.1  # KL bound of the eta dual
@@ -167,10 +170,10 @@ class ObjectiveConfig:
         _check(self.bc_target in ("onehot", "twohot", "hlgauss"), "objective.bc_target",
                f"must be 'onehot', 'twohot' or 'hlgauss', got {self.bc_target!r}")
         _check(self.bc_target_sigma > 0, "objective.bc_target_sigma", f"must be > 0, got {self.bc_target_sigma}")
-        _check(self.bc_filter in ("none", "advantage", "auto"), "objective.bc_filter",
-               f"must be 'none', 'advantage' or 'auto', got {self.bc_filter!r}")
-        _check(self.bc_filter != "advantage" or self.beta > 0, "objective.bc_filter",
-               "'advantage' ranks data actions with the critic: it needs objective.beta > 0")
+        _check(self.bc_filter in ("none", "advantage", "soft", "auto"), "objective.bc_filter",
+               f"must be 'none', 'advantage', 'soft' or 'auto', got {self.bc_filter!r}")
+        _check(self.bc_filter not in ("advantage", "soft") or self.beta > 0, "objective.bc_filter",
+               f"{self.bc_filter!r} ranks data actions with the critic: it needs objective.beta > 0")
         _check(self.eta > 0.0, "objective.eta", f"must be > 0, got {self.eta}")
         _check(self.epsilon > 0.0, "objective.epsilon", f"must be > 0, got {self.epsilon}")
         _check(0.0 < self.eta_min <= self.eta, "objective.eta_min", f"must be in (0, eta], got {self.eta_min}")
@@ -187,8 +190,9 @@ class ObjectiveConfig:
 
     @property
     def filters_bc(self) -> bool:
-        """Whether the BC term imitates only data actions with a positive advantage (`bc_filter`)."""
-        return self.bc_filter == "advantage" or (self.bc_filter == "auto" and self.alpha < 1.0 and self.beta > 0)
+        """Whether the BC term weights data actions by their advantage (`bc_filter`)."""
+        return self.bc_filter in ("advantage", "soft") or (self.bc_filter == "auto" and self.alpha < 1.0
+                                                            and self.beta > 0)
 
     @property
     def learns_eta(self) -> bool:

@@ -181,14 +181,18 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
                                           uniform_mix=cfg.uniform_mix, generator=generator,
                                           mu=mcfg.action_bin_mu)
             q_sampled = expected_value(net.q_logits(z.detach(), sampled, mask), support)  # (B, K)
+    eta = temperature()
+    metrics["eta"] = eta.detach()
     bc_weight = torch.ones_like(nll)
-    if cfg.filters_bc:  # imitate only the data actions the critic ranks above the policy's value
-        bc_weight = (q_data > q_sampled.mean(1)).float()
+    if cfg.filters_bc:  # imitate the data actions the critic ranks above the policy's value (ObjectiveConfig)
+        advantage = q_data - q_sampled.mean(1)
+        if cfg.bc_filter == "soft":
+            bc_weight = torch.exp(advantage.clamp(max=0.0) / eta.detach())
+        else:
+            bc_weight = (advantage > 0).float()
         metrics["bc_kept"] = bc_weight.mean()
     loss = cfg.alpha * (bc_weight * nll).mean() + cfg.beta * q_loss
 
-    eta = temperature()
-    metrics["eta"] = eta.detach()
     if improve:
         with torch.no_grad():
             w = improvement_weights(q_sampled, eta.detach())
