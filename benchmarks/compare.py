@@ -54,7 +54,7 @@ from peers import (
     export_task,
     run_one,
 )  # this folder is on sys.path
-from quality import METHODS, ExpertStates, paired_table, parse_seeds, run_method, run_name
+from quality import METHODS, ExpertStates, paired_table, parse_seeds, probe_indices, run_method, run_name
 
 log = logging.getLogger("compare")
 
@@ -143,6 +143,16 @@ def expert_probes(by_task: dict[str, list[Any]]) -> dict[str, ExpertStates]:
     return probes
 
 
+def export_probe(states: ExpertStates, path: Path) -> None:
+    """The expert states and actions our critic probe reads (`quality.probe_network`), for the peers' critics."""
+    idx = probe_indices(len(states.proprio))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez(partial, observations=states.proprio[idx].astype(np.float32),
+             actions=states.actions[idx].astype(np.float32))
+    partial.replace(path)
+
+
 def write_json(path: Path, value: Any) -> None:
     """Atomically: a half-written unit is never taken for a finished one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -192,10 +202,14 @@ def run_peers(args: argparse.Namespace, by_task: dict[str, list[Any]]) -> None:
     for task, episodes in by_task.items():
         if not data[task].exists():
             export_task(episodes, data[task])
+    probes = {task: out / "data" / f"{task.replace('/', '_')}.probe.npz" for task in by_task}
+    for task, states in expert_probes(by_task).items():
+        if not probes[task].exists():
+            export_probe(states, probes[task])
     for algo in args.peers:  # a peer at a time, in the order given: a stopped run has whole rows
         for task in by_task:
             for seed in args.seeds:
-                r = run_one(pargs, task, algo, seed, data[task])
+                r = run_one(pargs, task, algo, seed, data[task], probes[task] if probes[task].exists() else None)
                 log.info("%s %s seed %d: normalised %.3f (trained in %.0f s)", task, LABELS[algo], seed,
                          r["normalized_score"], r["train_seconds"])
 
@@ -245,7 +259,37 @@ def report(root: Path, tasks: list[str], dataset: str, command: str) -> str:
     paired = paired_table(ours) if "BC" in ours else ""
     if paired:
         md += ["## Ours, paired by training seed", "", paired, ""]
+    probes = probe_rows(ours, peers, tasks)
+    if probes:
+        md += ["## The critics on the expert's states", "",
+               "`expert > random / expert > mirror`: how often the critic ranks the expert's action above uniform "
+               "random actions, and above its mirror image -a (0.5: it cannot tell which way to act); mean over "
+               "seeds (`benchmarks/quality.py`, `probe_network`).", "",
+               "| critic | " + " | ".join(tasks) + " | **mean** |", "|---" + "|---:" * (len(tasks) + 1) + "|",
+               *probes, ""]
     return "\n".join(md)
+
+
+def probe_rows(ours: dict[str, dict[int, dict[str, Any]]], peers: list[dict[str, Any]], tasks: list[str]) -> list[str]:
+    """Table rows of the critic probe per task, for our methods with a critic and the peers that report one."""
+    probed: list[tuple[str, list[dict[str, float]]]] = []  # label, one {probe/task: value} per seed
+    for label, runs in ours.items():
+        if any(f"critic_mirror_pct/{tasks[0]}" in r["diagnostics"] and r["objective"]["beta"] > 0
+               for r in runs.values()):
+            probed.append((label, [r["diagnostics"] for r in runs.values()]))
+    for algo in ALGOS:
+        mine = [r for r in peers if r["algo"] == algo and r.get("probe")]
+        if {r["task"] for r in mine} >= set(tasks):
+            seeds = sorted({r["seed"] for r in mine})
+            probed.append((LABELS[algo], [{f"{k}/{r['task']}": v for r in mine if r["seed"] == s
+                                           for k, v in r["probe"].items()} for s in seeds]))
+    rows = []
+    for label, runs in probed:
+        cells = [(float(np.mean([d[f"critic_expert_pct/{t}"] for d in runs])),
+                  float(np.mean([d[f"critic_mirror_pct/{t}"] for d in runs]))) for t in tasks]
+        rows.append(f"| {label} | " + " | ".join(f"{e:.2f} / {m:.2f}" for e, m in cells)
+                    + f" | **{np.mean([e for e, _ in cells]):.2f} / {np.mean([m for _, m in cells]):.2f}** |")
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:

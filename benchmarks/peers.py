@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from peers_train import CRITICS  # this folder is on sys.path; the module imports d3rlpy only when it trains
 
 ALGOS = ("bc", "pbc", "td3bc", "iql")
 LABELS = {"bc": "d3rlpy BC", "pbc": "d3rlpy %BC (top 30%)", "td3bc": "d3rlpy TD3+BC", "iql": "d3rlpy IQL"}
@@ -140,8 +141,13 @@ class TorchScriptPolicy:
                                                                                              strict=True)])
 
 
-def run_one(args: argparse.Namespace, task: str, algo: str, seed: int, data: Path) -> dict[str, Any]:
-    """Train (unless done) and evaluate one peer; the result is cached beside its policy."""
+def run_one(args: argparse.Namespace, task: str, algo: str, seed: int, data: Path,
+            probe: Path | None = None) -> dict[str, Any]:
+    """Train (unless done) and evaluate one peer; the result is cached beside its policy.
+
+    With `probe` (expert states, `compare.py` writes them) a peer with a critic reports the critic probe of
+    `benchmarks/quality.py` on them, when it trains.
+    """
     from pac.config import EvalConfig
     from pac.evaluation import evaluate
 
@@ -153,6 +159,8 @@ def run_one(args: argparse.Namespace, task: str, algo: str, seed: int, data: Pat
     if not policy.exists():
         cmd = [str(args.python), str(HERE / "peers_train.py"), "--data", str(data), "--algo", algo,
                "--steps", str(args.steps), "--seed", str(seed), "--output", str(policy)]
+        if probe is not None and algo in CRITICS:
+            cmd += ["--probe", str(probe)]
         log.info("%s %s seed %d: training (%d steps)", task, algo, seed, args.steps)
         subprocess.run(cmd, check=True)
     train = json.loads(policy.with_suffix(".json").read_text())
@@ -162,7 +170,8 @@ def run_one(args: argparse.Namespace, task: str, algo: str, seed: int, data: Pat
     r = report.tasks[task]
     result = {"task": task, "algo": algo, "seed": seed, "normalized_score": r.normalized_score,
               "return_mean": r.return_mean, "returns": r.returns, "train_seconds": train["train_seconds"],
-              "steps": train["steps"], "transitions": train["transitions"], "d3rlpy": train["d3rlpy"]}
+              "steps": train["steps"], "transitions": train["transitions"], "d3rlpy": train["d3rlpy"],
+              "probe": train.get("probe")}
     result_path.write_text(json.dumps(result, indent=1))
     return result
 

@@ -28,6 +28,7 @@ import numpy as np
 
 ALGOS = ("bc", "pbc", "td3bc", "iql")
 TOP_FRACTION = 0.3  # %BC keeps this fraction of episodes, best returns first
+CRITICS = ("td3bc", "iql")  # the peers with a Q function to probe
 
 
 def episode_slices(episode_ends: np.ndarray) -> list[slice]:
@@ -78,6 +79,30 @@ def check_export(path: Path, algo: object, observations: np.ndarray) -> None:
                            f"{np.abs(got - want).max():.3g}); this d3rlpy version may export without its scaler")
 
 
+def probe_critic(algo: object, observations: np.ndarray, actions: np.ndarray, samples: int = 32,
+                 seed: int = 0) -> dict[str, float]:
+    """`benchmarks/quality.py`'s critic probe for a d3rlpy critic, on the expert's states and actions.
+
+    `critic_expert_pct` / `critic_greedy_pct`: how often the expert's / the policy's action has a higher Q than
+    `samples` uniform random actions; `critic_mirror_pct`: how often the expert's action beats its mirror image
+    -a (ties count half: 0.5 = the critic cannot tell which way to act); `greedy_expert_dist`: mean
+    |policy action - expert action|.
+    """
+    n, a = actions.shape
+    greedy = np.asarray(algo.predict(observations), np.float32)  # type: ignore[attr-defined]
+    uniform = np.random.default_rng(seed).uniform(-1, 1, (n, samples, a)).astype(np.float32)
+    cand = np.concatenate([actions[:, None], greedy[:, None], -actions[:, None], uniform], 1)  # (N, 3+S, A)
+    q = np.asarray(algo.predict_value(np.repeat(observations, cand.shape[1], 0),  # type: ignore[attr-defined]
+                                      cand.reshape(-1, a))).reshape(n, -1)
+
+    def above(col: int, others: np.ndarray) -> float:
+        return float(((q[:, col:col + 1] > others) + 0.5 * (q[:, col:col + 1] == others)).mean())
+
+    return {"critic_expert_pct": above(0, q[:, 3:]), "critic_greedy_pct": above(1, q[:, 3:]),
+            "critic_mirror_pct": above(0, q[:, 2:3]),
+            "greedy_expert_dist": float(np.abs(greedy - actions).mean())}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="episodes .npz written by benchmarks/peers.py")
@@ -85,7 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=20_000, help="gradient steps (d3rlpy's default batch size)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, required=True, help="TorchScript policy: normalised state -> action")
+    p.add_argument("--probe", type=Path, help="expert states .npz (observations, actions): probe the critic "
+                                              f"after training ({', '.join(CRITICS)}), results in the .json")
     args = p.parse_args(argv)
+    if args.probe and args.algo not in CRITICS:
+        p.error(f"--probe: {args.algo} has no critic (those with one: {', '.join(CRITICS)})")
 
     import d3rlpy
     import torch
@@ -105,11 +134,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     partial = args.output.with_name(args.output.stem + ".partial.pt")  # d3rlpy picks the format by suffix
     algo.save_policy(str(partial))  # TorchScript: raw observation -> action in [-1, 1] (scaler included)
     check_export(partial, algo, data["observations"][:64])
+    info = {"algo": args.algo, "seed": args.seed, "steps": args.steps, "train_seconds": seconds,
+            "transitions": len(data["actions"]), "d3rlpy": d3rlpy.__version__}
+    if args.probe:
+        with np.load(args.probe, allow_pickle=False) as f:
+            info["probe"] = probe_critic(algo, f["observations"], f["actions"])
     partial.replace(args.output)  # a killed run leaves no policy that looks finished
-    args.output.with_suffix(".json").write_text(json.dumps({"algo": args.algo, "seed": args.seed,
-                                                            "steps": args.steps, "train_seconds": seconds,
-                                                            "transitions": len(data["actions"]),
-                                                            "d3rlpy": d3rlpy.__version__}))
+    args.output.with_suffix(".json").write_text(json.dumps(info))
     print(f"{args.algo} seed {args.seed}: {args.steps} steps on {len(data['actions'])} transitions in "
           f"{seconds:.0f} s -> {args.output}")
     return 0

@@ -196,6 +196,11 @@ def build_dataset(args: argparse.Namespace, root: Path,
     return str(ref), {"returns": summary, "table": stats.table(), "mc_discounted_return": mc}, probe
 
 
+def probe_indices(n: int, states: int = 256) -> np.ndarray:
+    """The probe's states: up to `states` evenly spaced over a task's `n` expert states."""
+    return np.linspace(0, n - 1, min(states, n)).astype(int)
+
+
 def probe_network(net: Any, probes: dict[str, ExpertStates], samples: int = 32, states: int = 256,
                   seed: int = 0) -> dict[str, float]:
     """How the critic ranks the expert's actions, and how close the greedy policy acts to the expert.
@@ -220,7 +225,7 @@ def probe_network(net: Any, probes: dict[str, ExpertStates], samples: int = 32, 
     support = value_support(net.cfg)
     with torch.no_grad():
         for task, probe in probes.items():
-            idx = np.linspace(0, len(probe.proprio) - 1, min(states, len(probe.proprio))).astype(int)
+            idx = probe_indices(len(probe.proprio), states)
             obs = Observation.from_numpy(list(probe.proprio[idx]), [probe.instruction] * len(idx),
                                          net.cfg.max_text_tokens)
             expert = torch.from_numpy(probe.actions[idx])  # (N, A)

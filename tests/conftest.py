@@ -92,6 +92,8 @@ def benchmark_module() -> Callable[[str], ModuleType]:
     import importlib.util
 
     def load(name: str) -> ModuleType:
+        if str(ROOT / "benchmarks") not in sys.path:  # the scripts import each other, as when run from there
+            sys.path.insert(0, str(ROOT / "benchmarks"))
         spec = importlib.util.spec_from_file_location(f"{name}_benchmark", ROOT / "benchmarks" / f"{name}.py")
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)

@@ -78,6 +78,10 @@ def test_reduced_budget_run_scores_every_method_and_resumes(compare: ModuleType,
     table = (out / "results.md").read_text()
     assert "| PAC (ours, one model) |" in table and "| PAC-a0.5 (ours, one model: alpha=0.5) |" in table
     assert "Ours, paired by training seed" in table
+    if peers:  # the critics' probe on the expert's states, ours and the peers' that have a critic
+        assert all(set(r["probe"]) >= {"critic_expert_pct", "critic_mirror_pct"}
+                   for r in results["peers"] if r["algo"] in ("td3bc", "iql"))
+        assert "| d3rlpy IQL |" in table.split("The critics on the expert's states")[1]
     if peers:
         assert "| d3rlpy IQL (per task) |" in table
     # resumable: a second invocation finds every unit and trains nothing

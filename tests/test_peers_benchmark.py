@@ -29,6 +29,34 @@ def episodes() -> list:
     return list(generate_episodes(cfg, progress=False))
 
 
+class QuadraticCritic:
+    """A d3rlpy-shaped algorithm whose Q peaks at the action `best`, or at +-best when symmetric."""
+
+    def __init__(self, best: np.ndarray, symmetric: bool) -> None:
+        self.best, self.symmetric = best, symmetric
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.repeat(self.best[None], len(x), 0)
+
+    def predict_value(self, x: np.ndarray, action: np.ndarray) -> np.ndarray:
+        a = np.abs(action) if self.symmetric else action
+        return -((a - self.best) ** 2).sum(-1)
+
+
+@pytest.mark.parametrize("symmetric,mirror", [(False, 1.0), (True, 0.5)])
+def test_the_peers_critic_probe_tells_direction_from_magnitude(benchmark_module: Callable[[str], ModuleType],
+                                                               symmetric: bool, mirror: float) -> None:
+    """The probe `compare.py` reports beside ours: a critic that knows which way to act ranks the expert's action
+    above its mirror image; one that only knows the action's size ties them (0.5)."""
+    probe_critic = benchmark_module("peers_train").probe_critic
+    best = np.array([0.6, 0.3], np.float32)
+    states = np.zeros((50, 4), np.float32)
+    got = probe_critic(QuadraticCritic(best, symmetric), states, np.repeat(best[None], 50, 0))
+    assert got["critic_mirror_pct"] == mirror
+    assert got["critic_expert_pct"] == got["critic_greedy_pct"] == 1.0  # the best action beats random ones
+    assert got["greedy_expert_dist"] == 0.0
+
+
 def test_exported_episodes_are_the_transitions_with_normalised_actions_and_timeouts(peers: ModuleType, episodes: list,
                                                                                     tmp_path: Path) -> None:
     n = peers.export_task(episodes, tmp_path / "t.npz")
