@@ -58,6 +58,29 @@ def test_a_malformed_variant_is_refused(compare: ModuleType) -> None:
                               ).variants == {"adv": ["objective.bc_filter=advantage", "model.d_model=32"]}
 
 
+def test_the_report_puts_every_critic_probe_beside_ours(compare: ModuleType, tmp_path: Path) -> None:
+    """results.md: scores per method, and the critic probe of ours (beta > 0) and of the peers that report one."""
+    tasks = ["a/x", "b/y"]
+    probe = {"critic_expert_pct/a/x": 0.8, "critic_mirror_pct/a/x": 0.5, "critic_expert_pct/b/y": 0.6,
+             "critic_mirror_pct/b/y": 0.7}
+    for label, beta in (("BC", 0.0), ("PAC", 1.0)):
+        compare.write_json(tmp_path / "ours" / f"{label}-seed0.json", {
+            "label": label, "method": label, "seed": 0, "train_s": 60.0, "overrides": [], "diagnostics": probe,
+            "objective": {"beta": beta}, "report": {"tasks": {t: {"normalized_score": 0.5} for t in tasks}}})
+    for task in tasks:
+        for algo, got in (("iql", {"critic_expert_pct": 0.9, "critic_mirror_pct": 0.6}), ("bc", None)):
+            compare.write_json(tmp_path / "peers" / "runs" / task.replace("/", "_") / f"{algo}_s0" / "eval.json",
+                               {"task": task, "algo": algo, "seed": 0, "normalized_score": 0.25,
+                                "train_seconds": 30.0, "probe": got})
+    text = compare.report(tmp_path, tasks, "store/data@v0001", "compare.py ...")
+    scores, critics = text.split("The critics on the expert's states")
+    assert "| PAC (ours, one model) | 0.500 | 0.500 | **0.500** | 1 | 1.0 min |" in scores
+    assert "| d3rlpy BC (per task) | 0.250 | 0.250 | **0.250** | 1 | 1.0 min |" in scores
+    assert "| PAC | 0.80 / 0.50 | 0.60 / 0.70 | **0.70 / 0.60** |" in critics
+    assert "| d3rlpy IQL | 0.90 / 0.60 | 0.90 / 0.60 | **0.90 / 0.60** |" in critics
+    assert "| BC |" not in critics and "d3rlpy BC" not in critics  # no critic, no probe row
+
+
 @pytest.mark.heavy
 def test_reduced_budget_run_scores_every_method_and_resumes(compare: ModuleType, store: Path, tmp_path: Path,
                                                            benchmark_module: Callable[[str], ModuleType]) -> None:
