@@ -143,8 +143,8 @@ class ObjectiveConfig:
     # the objective's fixed point off the data's mode (tests/training/test_train_integration.py, docs/quality.md).
     # soft: weight min(1, exp(A/eta)) with the improvement's temperature, the binary filter as eta -> 0: where
     # the critic's action differences are noise next to eta (balancing near an equilibrium) it stays near BC
-    # instead of dropping half the data at random. auto: the binary filter for PAC (alpha < 1, beta > 0); BC and
-    # BC+Q stay the paper's baselines
+    # instead of dropping half the data at random (BC+Q learns no eta: it uses objective.eta). auto: the binary
+    # filter for PAC (alpha < 1, beta > 0); BC and BC+Q stay the paper's baselines
     bc_filter: Literal["none", "advantage", "soft", "auto"] = "none"
     eta: float = 1.0  # temperature of the improved policy (initial value when learned; exports record the learned one)
     learn_eta: bool = True  # MPO-style dual on eta with KL bound epsilon
