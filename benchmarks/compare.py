@@ -34,6 +34,7 @@ Runtimes and the documented tables: docs/quality.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -54,7 +55,16 @@ from peers import (
     export_task,
     run_one,
 )  # this folder is on sys.path
-from quality import METHODS, ExpertStates, paired_table, parse_seeds, probe_indices, run_method, run_name
+from quality import (
+    METHODS,
+    ExpertStates,
+    method_config,
+    paired_table,
+    parse_seeds,
+    probe_indices,
+    run_method,
+    run_name,
+)
 
 log = logging.getLogger("compare")
 
@@ -177,12 +187,25 @@ def run_ours(args: argparse.Namespace, dataset: str, by_task: dict[str, list[Any
         for seed in args.seeds:
             path = root / "ours" / f"{label}-seed{seed}.json"
             if path.exists():
+                check_unit(path, label, method_config(qargs, method, seed, dataset, where).objective)
                 continue
             result = run_method(qargs, method, seed, dataset, where, probes)
             result |= {"label": label, "steps": args.steps, "batch_size": args.batch_size, "preset": args.preset,
                        "overrides": [*qargs.objective, *qargs.model],
                        "export": str(where / "runs" / run_name(method, seed) / "export")}
             write_json(path, result)
+
+
+def check_unit(path: Path, label: str, objective: Any) -> None:
+    """Reuse a finished unit only if it trained the objective its label means now (a default may have moved
+    since it ran): SystemExit naming the settings that differ."""
+    stored = json.loads(path.read_text())["objective"]
+    now = dataclasses.asdict(objective)
+    if differ := sorted(k for k in stored.keys() & now.keys() if stored[k] != now[k]):
+        raise SystemExit(f"compare.py: {path} trained {label} with "
+                         + ", ".join(f"objective.{k}={stored[k]!r}" for k in differ) + f", but {label} now means "
+                         + ", ".join(f"objective.{k}={now[k]!r}" for k in differ)
+                         + ": move the unit away to retrain it, or keep it under a --variant label that says so")
 
 
 def variant_objective(qargs: argparse.Namespace) -> tuple[float, float]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Callable
@@ -56,6 +57,21 @@ def test_a_malformed_variant_is_refused(compare: ModuleType) -> None:
             compare.parse_args(["--dataset", "d", "--variant", bad])
     assert compare.parse_args(["--dataset", "d", "--variant", "adv:objective.bc_filter=advantage,model.d_model=32"]
                               ).variants == {"adv": ["objective.bc_filter=advantage", "model.d_model=32"]}
+
+
+def test_a_unit_trained_under_another_default_is_not_reused(compare: ModuleType, store: Path, tmp_path: Path) -> None:
+    """A finished unit stands for its label's objective: one trained before a default moved stops the run, naming
+    the setting, instead of being reported under the label's new meaning."""
+    from pac.config import ObjectiveConfig
+
+    now = ObjectiveConfig()
+    stale = dataclasses.asdict(now) | {"n_step": now.n_step + 1}
+    compare.write_json(tmp_path / "out" / "ours" / "PAC-seed0.json", {"label": "PAC", "objective": stale})
+    with pytest.raises(SystemExit, match=f"trained PAC with objective.n_step={now.n_step + 1}, "
+                       f"but PAC now means objective.n_step={now.n_step}:"):
+        compare.main(["--dataset", "mixed", "--storage-root", str(store), "--output", str(tmp_path / "out"),
+                      "--peers", "", "--methods", "PAC", "--seeds", "0", "--steps", "2"])
+    assert not (tmp_path / "out" / "runs").exists()  # nothing trained
 
 
 def test_the_report_puts_every_critic_probe_beside_ours(compare: ModuleType, tmp_path: Path) -> None:
