@@ -199,9 +199,11 @@ def run_ours(args: argparse.Namespace, dataset: str, by_task: dict[str, list[Any
 def check_unit(path: Path, label: str, objective: Any) -> None:
     """Reuse a finished unit only if it trained the objective its label means now (a default may have moved
     since it ran): SystemExit naming the settings that differ."""
-    stored = json.loads(path.read_text())["objective"]
-    now = dataclasses.asdict(objective)
-    if differ := sorted(k for k in stored.keys() & now.keys() if stored[k] != now[k]):
+    given = json.loads(path.read_text())["objective"]
+    known = {k: v for k, v in given.items() if k in dataclasses.asdict(objective)}
+    stored = dataclasses.asdict(dataclasses.replace(objective, **known).resolved())  # auto means what it did then
+    now = dataclasses.asdict(objective.resolved())
+    if differ := sorted(k for k in known if stored[k] != now[k]):
         raise SystemExit(f"compare.py: {path} trained {label} with "
                          + ", ".join(f"objective.{k}={stored[k]!r}" for k in differ) + f", but {label} now means "
                          + ", ".join(f"objective.{k}={now[k]!r}" for k in differ)

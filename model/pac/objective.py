@@ -186,7 +186,7 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
     bc_weight = torch.ones_like(nll)
     if cfg.filters_bc:  # imitate the data actions the critic ranks above the policy's value (ObjectiveConfig)
         advantage = q_data - q_sampled.mean(1)
-        if cfg.bc_filter == "soft":
+        if cfg.bc_weighting == "soft":
             bc_weight = torch.exp(advantage.clamp(max=0.0) / eta.detach())
         else:
             bc_weight = (advantage > 0).float()
