@@ -145,7 +145,7 @@ class ObjectiveConfig:
     # the critic's action differences are noise next to eta (balancing near an equilibrium) it stays near BC
     # instead of dropping half the data at random (BC+Q learns no eta: it uses objective.eta). auto (default):
     # the soft filter for PAC (alpha < 1, beta > 0), none for BC and BC+Q, which stay the paper's baselines; on
-    # the mixed benchmark it took PAC from 0.229 to 0.4+ over three seeds (docs/quality.md). none is the paper's
+    # the mixed benchmark it took PAC from 0.234 to 0.339 over four seeds (docs/quality.md). none is the paper's
     # exact objective
     bc_filter: Literal["none", "advantage", "soft", "auto"] = "auto"
     eta: float = 1.0  # temperature of the improved policy (initial value when learned; exports record the learned one)
