@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from pac.envs import TASKS, RenderingUnavailable, make_env
+from pac.envs import TASKS, RenderingUnavailable, make_env, make_envs
 
 
 @pytest.mark.parametrize("task_id", list(TASKS))
@@ -118,3 +118,36 @@ except RenderingUnavailable as e:
     run = _python(code, MUJOCO_GL="disable")
     assert run.returncode == 0, run.stderr
     assert "(5,)" in run.stdout and "RenderingUnavailable:" in run.stdout and "MUJOCO_GL=egl" in run.stdout
+
+
+def trajectory(env, seed: int | None, steps: int = 30) -> tuple[np.ndarray, float]:
+    """The last observation and the return of `steps` seeded random actions from `reset(seed)`."""
+    obs, total, rng = env.reset(seed=seed), 0.0, np.random.default_rng(0)
+    for _ in range(steps):
+        obs, reward, _, _ = env.step(rng.uniform(env.action_low, env.action_high))
+        total += reward
+    return obs["proprio"], total
+
+
+@pytest.mark.parametrize("task_id", ["reacher/easy", "jaco/reach_site"])
+def test_environments_made_together_act_as_if_each_were_built_alone(task_id: str) -> None:
+    """`make_envs` copies one compiled model (suite) or builds each (the arm, which dm_control cannot copy):
+    either way every environment behaves exactly as `make_env` with its seed, with and without a reset seed."""
+    seeds = [4, 9, 4]
+    together = make_envs(task_id, seeds, episode_steps=30)
+    alone = [make_env(task_id, seed=s, episode_steps=30) for s in seeds]
+    try:
+        assert len({id(e.physics) for e in together}) == len(seeds)  # no shared simulator state
+        first = []
+        for a, b in zip(together, alone):
+            for seed in (None, 11):  # the construction seed, then a reset seed
+                (obs_a, ret_a), (obs_b, ret_b) = trajectory(a, seed), trajectory(b, seed)
+                np.testing.assert_array_equal(obs_a, obs_b)
+                assert ret_a == ret_b
+                if seed is None:
+                    first.append(obs_a)
+        assert not np.array_equal(first[0], first[1])  # a copy starts from its own seed, not its original's
+        np.testing.assert_array_equal(first[0], first[2])
+    finally:
+        for env in together + alone:
+            env.close()

@@ -12,6 +12,7 @@ experts read privileged state through `env.physics` and `env.dm_env.task`.
 
 from __future__ import annotations
 
+import copy
 import importlib
 from typing import Any, TypedDict
 
@@ -136,9 +137,7 @@ class Env(TaskActions):
     def reset(self, seed: int | None = None) -> Obs:
         """Start an episode; with `seed`, its initial state depends on that seed alone."""
         if seed is not None:
-            # Reseed the task's own RandomState in place: dm_control draws initial states from it.
-            rng = self._env.task.random if self.spec.family == "suite" else self._env.random_state
-            rng.seed(seed)
+            self._reseed(seed)
         ts = self._env.reset()
         self._t, self._done = 0, False
         return self._obs(ts.observation)
@@ -175,6 +174,11 @@ class Env(TaskActions):
             self._cameras[size] = FastCamera(self.physics, size[0], size[1], self.spec.camera)
         return self._cameras[size].render()
 
+    def _reseed(self, seed: int) -> None:
+        # Reseed the task's own RandomState in place: dm_control draws initial states from it.
+        rng = self._env.task.random if self.spec.family == "suite" else self._env.random_state
+        rng.seed(seed)
+
     def close(self) -> None:
         """Release the GL context and physics."""
         self._cameras.clear()
@@ -193,3 +197,24 @@ def make_env(task_id: str, *, seed: int, episode_steps: int, vision: bool = Fals
         UnknownTaskError: the id is not registered (the message lists the known tasks).
     """
     return Env(get_task(task_id), seed=seed, episode_steps=episode_steps, vision=vision, image_size=image_size)
+
+
+def make_envs(task_id: str, seeds: list[int], *, episode_steps: int, vision: bool = False,
+              image_size: int = IMAGE_SIZE) -> list[Env]:
+    """One environment per seed, as `make_env` would build each: the first is built, the others are copies of
+    it with their own seed, because compiling a model from its MJCF costs ~6x copying it (70-90 ms against
+    10-15 ms for a suite task), most of a short rollout's time (docs/benchmarks.md). dm_control cannot copy
+    composer tasks with attached entities (the arm): those are built one by one.
+    """
+    if not seeds:
+        return []
+    first = make_env(task_id, seed=seeds[0], episode_steps=episode_steps, vision=vision, image_size=image_size)
+    envs = [first]
+    for seed in seeds[1:]:
+        try:
+            env = copy.deepcopy(first)  # never reset or rendered yet: no episode or GL state to carry over
+        except NotImplementedError:  # "Cannot copy from elements with attachments"
+            env = make_env(task_id, seed=seed, episode_steps=episode_steps, vision=vision, image_size=image_size)
+        env._reseed(seed)
+        envs.append(env)
+    return envs

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from pac.config import IMAGE_SIZE
-from pac.envs.env import Env, Obs, TaskActions, make_env
+from pac.envs.env import Env, Obs, TaskActions, make_envs
 from pac.envs.registry import TaskSpec, get_task
 from pac.envs.rendering import RenderingUnavailable
 
@@ -65,8 +65,7 @@ def _worker(conn: Connection, task: str, seeds: list[int], episode_steps: int, v
     envs: list[Env] = []
     current: int | None = None  # the environment being worked on, named in an error report
     try:
-        envs = [make_env(task, seed=s, episode_steps=episode_steps, vision=vision, image_size=image_size)
-                for s in seeds]
+        envs = make_envs(task, list(seeds), episode_steps=episode_steps, vision=vision, image_size=image_size)
         conn.send(("ok", [(e.action_low, e.action_high, e.control_timestep, e.proprio_dim) for e in envs]))
         while True:
             command, payload = conn.recv()
@@ -113,8 +112,8 @@ class EnvPool:
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
         if self.workers == 0:
-            self._local = [make_env(task, seed=s, episode_steps=episode_steps, vision=vision, image_size=image_size)
-                           for s in seeds]
+            self._local = make_envs(task, list(seeds), episode_steps=episode_steps, vision=vision,
+                                    image_size=image_size)
             self.envs: list[Env | RemoteEnv] = list(self._local)
             return
         # forkserver: workers fork from a clean server process with pac.envs imported once, never from this
