@@ -211,10 +211,10 @@ def make_envs(task_id: str, seeds: list[int], *, episode_steps: int, vision: boo
     first = make_env(task_id, seed=seeds[0], episode_steps=episode_steps, vision=vision, image_size=image_size)
     envs = [first]
     for seed in seeds[1:]:
-        try:
+        if first.spec.family == "suite":
             env = copy.deepcopy(first)  # never reset or rendered yet: no episode or GL state to carry over
-        except NotImplementedError:  # "Cannot copy from elements with attachments"
+            env._reseed(seed)
+        else:  # composer: dm_control refuses to copy elements with attachments
             env = make_env(task_id, seed=seed, episode_steps=episode_steps, vision=vision, image_size=image_size)
-        env._reseed(seed)
         envs.append(env)
     return envs
