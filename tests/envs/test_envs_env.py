@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from pac.envs import TASKS, RenderingUnavailable, make_env, make_envs
+from pac.envs import TASKS, Env, RenderingUnavailable, make_env, make_envs
 
 
 @pytest.mark.parametrize("task_id", list(TASKS))
@@ -120,7 +120,7 @@ except RenderingUnavailable as e:
     assert "(5,)" in run.stdout and "RenderingUnavailable:" in run.stdout and "MUJOCO_GL=egl" in run.stdout
 
 
-def trajectory(env, seed: int | None, steps: int = 30) -> tuple[np.ndarray, float]:
+def trajectory(env: Env, seed: int | None, steps: int = 30) -> tuple[np.ndarray, float]:
     """The last observation and the return of `steps` seeded random actions from `reset(seed)`."""
     obs, total, rng = env.reset(seed=seed), 0.0, np.random.default_rng(0)
     for _ in range(steps):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+from collections.abc import Sequence
 from typing import Any, TypedDict
 
 import numpy as np
@@ -199,7 +200,7 @@ def make_env(task_id: str, *, seed: int, episode_steps: int, vision: bool = Fals
     return Env(get_task(task_id), seed=seed, episode_steps=episode_steps, vision=vision, image_size=image_size)
 
 
-def make_envs(task_id: str, seeds: list[int], *, episode_steps: int, vision: bool = False,
+def make_envs(task_id: str, seeds: Sequence[int], *, episode_steps: int, vision: bool = False,
               image_size: int = IMAGE_SIZE) -> list[Env]:
     """One environment per seed, as `make_env` would build each: the first is built, the others are copies of
     it with their own seed, because compiling a model from its MJCF costs ~6x copying it (70-90 ms against

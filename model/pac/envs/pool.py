@@ -65,7 +65,7 @@ def _worker(conn: Connection, task: str, seeds: list[int], episode_steps: int, v
     envs: list[Env] = []
     current: int | None = None  # the environment being worked on, named in an error report
     try:
-        envs = make_envs(task, list(seeds), episode_steps=episode_steps, vision=vision, image_size=image_size)
+        envs = make_envs(task, seeds, episode_steps=episode_steps, vision=vision, image_size=image_size)
         conn.send(("ok", [(e.action_low, e.action_high, e.control_timestep, e.proprio_dim) for e in envs]))
         while True:
             command, payload = conn.recv()
@@ -112,7 +112,7 @@ class EnvPool:
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
         if self.workers == 0:
-            self._local = make_envs(task, list(seeds), episode_steps=episode_steps, vision=vision,
+            self._local = make_envs(task, seeds, episode_steps=episode_steps, vision=vision,
                                     image_size=image_size)
             self.envs: list[Env | RemoteEnv] = list(self._local)
             return
