@@ -164,3 +164,24 @@ def test_fourier_features_resolve_values_a_sixteenth_apart() -> None:
     assert fit_fine_threshold(8) > 0.95
     assert fit_fine_threshold(0) < 0.8
 
+
+
+def test_an_observation_gets_the_same_outputs_alone_as_in_a_batch(net) -> None:
+    """Bit for bit, at every batch size: BLAS multiplies a few rows by another kernel than many (layers.Linear
+    pads them), and a rollout's actions must not depend on how many environments step together."""
+    rng = np.random.default_rng(3)
+    proprio = [rng.normal(size=6).astype(np.float32) for _ in range(6)]
+    texts = ["swing up the pole", "swing up the pole", "", "reach", "reach", "swing up the pole"]
+    actions = torch.linspace(-1, 1, 6 * 4 * 2).reshape(6, 4, 2)
+
+    def forward(rows: list[int]):
+        obs = Observation.from_numpy([proprio[r] for r in rows], [texts[r] for r in rows], CFG.max_text_tokens)
+        return net(obs, num_action_dims=2, actions=actions[rows])
+
+    with torch.no_grad():
+        together = forward(list(range(6)))
+        for rows in ([0], [1, 2], [3, 4, 5], [5]):
+            part = forward(rows)
+            assert torch.equal(part.latents, together.latents[rows])  # (the heads start at zero: compare these too)
+            assert torch.equal(part.policy_logits, together.policy_logits[rows])
+            assert torch.equal(part.q_logits, together.q_logits[rows])
