@@ -10,6 +10,7 @@ import pytest
 import torch
 from pac.inputs import Observation
 from pac.networks import build_model
+from pac.networks.actor_critic import ActorCriticOutput
 from pac.networks.encoders import ProprioEncoder
 from pac.presets import model_config
 
@@ -165,7 +166,6 @@ def test_fourier_features_resolve_values_a_sixteenth_apart() -> None:
     assert fit_fine_threshold(0) < 0.8
 
 
-
 def test_an_observation_gets_the_same_outputs_alone_as_in_a_batch(net) -> None:
     """Bit for bit, at every batch size: BLAS multiplies a few rows by another kernel than many (layers.Linear
     pads them), and a rollout's actions must not depend on how many environments step together."""
@@ -174,7 +174,7 @@ def test_an_observation_gets_the_same_outputs_alone_as_in_a_batch(net) -> None:
     texts = ["swing up the pole", "swing up the pole", "", "reach", "reach", "swing up the pole"]
     actions = torch.linspace(-1, 1, 6 * 4 * 2).reshape(6, 4, 2)
 
-    def forward(rows: list[int]):
+    def forward(rows: list[int]) -> ActorCriticOutput:
         obs = Observation.from_numpy([proprio[r] for r in rows], [texts[r] for r in rows], CFG.max_text_tokens)
         return net(obs, num_action_dims=2, actions=actions[rows])
 
