@@ -100,6 +100,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (1: on a shared 2-core machine more threads oversubscribe and run slower)")
     p.add_argument("--log-every", type=int, default=250, help="training log interval (steps)")
+    p.add_argument("--checkpoint-every", type=int, default=500,
+                   help="checkpoint interval (steps): a stopped run resumes from its last checkpoint")
     args = p.parse_args(argv)
     args.tasks = [t for t in args.tasks.split(",") if t]
     args.methods = [m for m in args.methods.split(",") if m]
@@ -278,7 +280,8 @@ def method_config(args: argparse.Namespace, method: str, seed: int, dataset: str
         base["alpha"] = args.pac_alpha
     train = {"steps": args.steps, "global_batch_size": args.batch_size, "micro_batch_size": args.batch_size,
              "output": str(root / "runs" / run_name(method, seed)),
-             "checkpoint_every": args.steps, "keep_checkpoints": 1, "log_every": args.log_every, "resume": False}
+             "checkpoint_every": min(args.checkpoint_every, args.steps), "keep_checkpoints": 1,
+             "log_every": args.log_every, "resume": True}
     train |= {k: v for k, v in (("lr", args.lr), ("precision", args.precision), ("lr_schedule", args.lr_schedule))
               if v is not None}
     cfg = Config.from_dict({
@@ -299,8 +302,25 @@ def method_config(args: argparse.Namespace, method: str, seed: int, dataset: str
     return cfg
 
 
+def start_or_resume(cfg: Any) -> None:
+    """Resume the unit's run from its last checkpoint if it trains the same configuration; else start it afresh
+    (a run folder left by other settings is removed, never continued)."""
+    run = Path(cfg.train.output)
+    marker = run / "unit-config.json"
+    wanted = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
+    if marker.exists() and marker.read_text() == wanted:
+        return
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    partial = marker.with_suffix(".partial")
+    partial.write_text(wanted)
+    partial.replace(marker)
+
+
 def tail_means(history: list[dict[str, float]], frac: float = 0.1) -> dict[str, float]:
     """Mean of each diagnostic metric over the last `frac` of training steps."""
+    if not history:  # resumed at its last step: nothing trained in this process
+        return {}
     tail = history[-max(1, int(len(history) * frac)):]
     return {k: float(np.mean([h[k] for h in tail])) for k in DIAGNOSTICS if k in tail[0]}
 
@@ -312,7 +332,7 @@ def run_method(args: argparse.Namespace, method: str, seed: int, dataset: str, r
     from pac.training.loop import train
 
     cfg = method_config(args, method, seed, dataset, root)
-    shutil.rmtree(cfg.train.output, ignore_errors=True)
+    start_or_resume(cfg)
     o = cfg.objective
     print(f"\n== {method} seed {seed}: alpha={o.alpha} beta={o.beta} eta={o.eta} learn_eta={o.learn_eta} "
           f"epsilon={o.epsilon} K={o.num_action_samples} n_step={o.n_step} tau={o.polyak_tau} | {cfg.preset}, "
@@ -320,6 +340,12 @@ def run_method(args: argparse.Namespace, method: str, seed: int, dataset: str, r
     t0 = time.perf_counter()
     result = train(cfg, run_name=run_name(method, seed))
     t_train = time.perf_counter() - t0
+    if result.preempted:
+        raise SystemExit(f"{method} seed {seed}: stopped at step {result.steps}; the same command resumes it")
+    resumed_from = result.steps - len(result.history)
+    if resumed_from:
+        print(f"   resumed at step {resumed_from}: the training time covers the last "
+              f"{len(result.history)} steps", flush=True)
     diag = tail_means(result.history)
     print(f"   trained in {t_train / 60:.1f} min; last-10% means: "
           + " ".join(f"{k}={v:.4g}" for k, v in diag.items()), flush=True)
@@ -333,7 +359,7 @@ def run_method(args: argparse.Namespace, method: str, seed: int, dataset: str, r
     print(f"   evaluated in {t_eval / 60:.1f} min: mean normalised score {report.mean_normalized_score:.3f}",
           flush=True)
     return {"method": method, "seed": seed, "objective": dataclasses.asdict(o), "report": report.to_dict(),
-            "diagnostics": diag, "train_s": t_train, "eval_s": t_eval,
+            "diagnostics": diag, "train_s": t_train, "eval_s": t_eval, "resumed_from": resumed_from,
             "history": [{k: h[k] for k in DIAGNOSTICS if k in h} for h in result.history[:: max(1, args.log_every)]]}
 
 

@@ -150,3 +150,19 @@ def test_model_and_objective_overrides_reach_every_method(quality: ModuleType, t
         cfg = quality.method_config(args, m, 0, "mixed", tmp_path)
         assert cfg.model.proprio_fourier_bands == 8 and cfg.objective.n_step == 5
         assert cfg.model.d_model == 64  # the rest of the preset stays
+
+
+def test_a_stopped_unit_resumes_only_under_the_same_configuration(quality: ModuleType, tmp_path: Path) -> None:
+    """A unit's run folder (its checkpoints) is continued by the same command and removed under other settings."""
+    args = quality.parse_args(["--output", str(tmp_path), "--tasks", "cartpole/balance", "--steps", "1000"])
+    cfg = quality.method_config(args, "PAC", 0, "mixed", tmp_path)
+    run = Path(cfg.train.output)
+    assert cfg.train.resume and cfg.train.checkpoint_every == 500
+    quality.start_or_resume(cfg)
+    (run / "checkpoints").mkdir()  # what a stopped training leaves
+    quality.start_or_resume(cfg)
+    assert (run / "checkpoints").is_dir()
+    other = quality.method_config(quality.parse_args(["--output", str(tmp_path), "--tasks", "cartpole/balance",
+                                                      "--steps", "2000"]), "PAC", 0, "mixed", tmp_path)
+    quality.start_or_resume(other)
+    assert not (run / "checkpoints").exists() and (run / "unit-config.json").is_file()
