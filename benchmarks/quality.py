@@ -7,7 +7,7 @@ One script, library APIs only (generate -> ingest -> train -> evaluate):
    into one local dataset.
    The default mix is 80% uniform-random and 20% expert episodes; `--random 0 --damped 16 --expert 4`
    makes the sub-optimal behaviour consistent and in the expert's own states, and `--damped-expert-prob 0.4`
-   puts the expert's action beside the damped one in the same states (docs/quality.md has all three).
+   puts the expert's action beside the damped one in the same states (docs/results/quality-toy-designs.md has all three).
 2. **Training.** BC (alpha=1, beta=0), BC+Q (alpha=1, beta>0) and PAC (alpha<1, the `ObjectiveConfig`
    defaults) with the SAME preset, data, seed, steps and batch size (`pac.training.loop.train`; MLflow off).
 3. **Evaluation.** Each exported policy, greedy (argmax bins, no Q-based action selection), on
@@ -23,7 +23,7 @@ method's difference from BC paired by seed, with its 95% t-interval), and writes
     .venv/bin/python benchmarks/quality.py --output /tmp/q --steps 50 --tasks cartpole/balance \
         --random 1 --noisy 1 --expert 1 --eval-episodes 2 --episode-steps 50    # plumbing smoke, ~1 min
 
-Runtime of the default run on 2 shared CPU cores: see `docs/quality.md` (it prints its own timings).
+Runtime of the default run on 2 shared CPU cores: see `docs/results/quality-toy-designs.md` (it prints its own timings).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-# Defaults of the documented run (docs/quality.md): CPU-feasible in 20-40 minutes on 2 cores.
+# Defaults of the documented run (docs/results/quality-toy-designs.md): CPU-feasible in 20-40 minutes on 2 cores.
 TASKS = ("cartpole/balance", "reacher/easy", "point_mass/easy")
 METHODS = ("BC", "BC+Q", "PAC")
 DIAGNOSTICS = ("loss", "bc_nll", "entropy", "q_loss", "q_mean", "target_q_mean", "eta", "kl_weights",
@@ -65,7 +65,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64, help="global batch size per step")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: train.lr of pac.config)")
     p.add_argument("--lr-schedule", default=None, choices=("constant", "cosine"),
-                   help="learning-rate schedule (default: train.lr_schedule; docs/quality.md used cosine)")
+                   help="learning-rate schedule (default: train.lr_schedule; docs/results/quality-toy-designs.md used cosine)")
     p.add_argument("--precision", default=None, choices=("fp32", "bf16"),
                    help="training precision (default: train.precision of pac.config)")
     p.add_argument("--episode-steps", type=int, default=200, help="episode length for data and evaluation")
