@@ -7,7 +7,8 @@ One script, library APIs only (generate -> ingest -> train -> evaluate):
    into one local dataset.
    The default mix is 80% uniform-random and 20% expert episodes; `--random 0 --damped 16 --expert 4`
    makes the sub-optimal behaviour consistent and in the expert's own states, and `--damped-expert-prob 0.4`
-   puts the expert's action beside the damped one in the same states (docs/results/quality-toy-designs.md has all three).
+   puts the expert's action beside the damped one in the same states (all three:
+   docs/results/quality-toy-designs.md).
 2. **Training.** BC (alpha=1, beta=0), BC+Q (alpha=1, beta>0) and PAC (alpha<1, the `ObjectiveConfig`
    defaults) with the SAME preset, data, seed, steps and batch size (`pac.training.loop.train`; MLflow off).
 3. **Evaluation.** Each exported policy, greedy (argmax bins, no Q-based action selection), on
@@ -65,7 +66,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=64, help="global batch size per step")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: train.lr of pac.config)")
     p.add_argument("--lr-schedule", default=None, choices=("constant", "cosine"),
-                   help="learning-rate schedule (default: train.lr_schedule; docs/results/quality-toy-designs.md used cosine)")
+                   help="learning-rate schedule (default: train.lr_schedule; the record in "
+                        "docs/results/quality-toy-designs.md used cosine)")
     p.add_argument("--precision", default=None, choices=("fp32", "bf16"),
                    help="training precision (default: train.precision of pac.config)")
     p.add_argument("--episode-steps", type=int, default=200, help="episode length for data and evaluation")

@@ -14,14 +14,15 @@ import dataclasses
 import json
 import logging
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
-from pac.config import Config
+from pac.config import Config, ConfigError, assignments, merge
 from pac.training.loop import train
 from pac.workflow import generate_dataset, improve
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output", default="outputs/self-improvement", help="run directory")
     p.add_argument("--task", default="jaco/reach_site", help="robot task (see `pac tasks --tag robot`)")
@@ -48,17 +49,24 @@ def main() -> None:
     p.add_argument("--finetune-lr", type=float, default=None, help="improve.finetune_lr (default: the pretraining lr)")
     p.add_argument("--precision", choices=("bf16", "fp32"), default=None,
                    help="train.precision of pretraining and rounds (default: the config's)")
-    args = p.parse_args()
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="config override of pretraining and rounds (repeatable), e.g. model.proprio_encoder=vector")
+    args = p.parse_args(argv)
+    try:
+        args.overrides = assignments(args.set)  # the form only: the values are checked with the whole config
+    except ConfigError as e:
+        p.error(f"--set {e}")
     if args.pretrained and "://" not in args.pretrained and not args.pretrained.startswith("models:/") \
             and not Path(args.pretrained).is_dir():
         p.error(f"--pretrained {args.pretrained}: no such directory (an export directory, e.g. "
                 "<run>/runs/pretrain/export, or a models:/ or s3:// URI)")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    return args
 
-    out = Path(args.output).resolve()
-    start = time.perf_counter()
+
+def run_config(args: argparse.Namespace, out: Path) -> Config:
+    """The run's config: the budget flags over the defaults, then `--set` over both."""
     objective = {} if args.alpha is None else {"alpha": args.alpha}
-    cfg = Config.from_dict({
+    return Config.from_dict(merge({
         "preset": args.preset, "seed": args.seed, "objective": objective,
         "storage": {"root": str(out / "store")},
         "generate": {"tasks": [args.task], "episodes_per_policy": args.episodes,
@@ -75,7 +83,19 @@ def main() -> None:
                     "finetune_lr": args.finetune_lr, "finetune_alpha": args.finetune_alpha,
                     "collect_temperature": args.collect_temperature},
         "tracking": {"uri": f"sqlite:///{out}/mlflow.db", "system_metrics": False},
-    })
+    }, args.overrides))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+    out = Path(args.output).resolve()
+    start = time.perf_counter()
+    try:
+        cfg = run_config(args, out)
+    except ConfigError as e:
+        raise SystemExit(f"self_improvement.py: {e}") from e
     ref, stats = generate_dataset(cfg, "behaviour", progress=False)
     if stats is not None:  # None: the run directory already held these episodes
         print(stats.table())
