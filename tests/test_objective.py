@@ -246,14 +246,13 @@ def bandit_batch(step: int, good_frac: float, size: int = 64) -> Transition:
 
 
 def mass_on_the_paying_action(alpha: float, beta: float, bc_filter: str = "auto", good_frac: float = 0.3,
-                              steps: int = 300, bc_advantage: str = "q") -> float:
+                              steps: int = 300) -> float:
     """Train the full objective (critic, target network, eta dual) on the bandit; the policy's mean mass on a > 0."""
     torch.manual_seed(0)
     cfg = model_config("tiny")
     net = build_model(cfg)
     target = copy.deepcopy(net)
-    obj = dataclasses.replace(ObjectiveConfig(), alpha=alpha, beta=beta, bc_filter=bc_filter,
-                              bc_advantage=bc_advantage)
+    obj = dataclasses.replace(ObjectiveConfig(), alpha=alpha, beta=beta, bc_filter=bc_filter)
     temp = Temperature(obj)
     opt = torch.optim.Adam([*net.parameters(), *temp.parameters()], lr=1e-3)
     for step in range(steps):
@@ -283,11 +282,3 @@ def test_pac_moves_mass_to_the_action_its_critic_prefers_only_as_far_as_alpha_al
     assert paper_rl > 0.6
     assert mass_on_the_paying_action(0.75, 1.0) > 0.5
 
-
-def test_the_filter_may_rank_data_actions_by_their_own_n_step_return() -> None:
-    """`bc_advantage: nstep` compares the transition's own return (the critic's target) with the policy's value
-    instead of the critic's Q of the data action: on the bandit, where the return is the action's reward, it
-    makes the paying action the mode as the critic's ranking does."""
-    assert mass_on_the_paying_action(0.75, 1.0, bc_advantage="nstep") > 0.5
-    with pytest.raises(ConfigError, match="objective.bc_advantage"):
-        ObjectiveConfig(bc_advantage="mc")  # type: ignore[arg-type]

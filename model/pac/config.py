@@ -148,10 +148,6 @@ class ObjectiveConfig:
     # the mixed benchmark it took PAC from 0.234 to 0.339 over four seeds (docs/quality.md). none is the paper's
     # exact objective
     bc_filter: Literal["none", "advantage", "soft", "auto"] = "auto"
-    # what the filter's A(s, a) compares with the policy's value mean_k Q(s, a'_k): q, the critic's Q(s, a) of the
-    # data action; nstep, the transition's own n-step return R + gamma^n V'(s_t+n) (the critic's target, AWR's
-    # estimate): it carries what the episode did next, which the critic's Q blurs across actions
-    bc_advantage: Literal["q", "nstep"] = "q"
     eta: float = 1.0  # temperature of the improved policy (initial value when learned; exports record the learned one)
     learn_eta: bool = True  # MPO-style dual on eta with KL bound epsilon
     epsilon: float = 0.1  # KL bound of the eta dual
@@ -180,8 +176,6 @@ class ObjectiveConfig:
                f"must be 'none', 'advantage', 'soft' or 'auto', got {self.bc_filter!r}")
         _check(self.bc_filter not in ("advantage", "soft") or self.beta > 0, "objective.bc_filter",
                f"{self.bc_filter!r} ranks data actions with the critic: it needs objective.beta > 0")
-        _check(self.bc_advantage in ("q", "nstep"), "objective.bc_advantage",
-               f"must be 'q' or 'nstep', got {self.bc_advantage!r}")
         _check(self.eta > 0.0, "objective.eta", f"must be > 0, got {self.eta}")
         _check(self.epsilon > 0.0, "objective.epsilon", f"must be > 0, got {self.epsilon}")
         _check(0.0 < self.eta_min <= self.eta, "objective.eta_min", f"must be in (0, eta], got {self.eta_min}")

@@ -186,7 +186,7 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
     metrics["eta"] = eta.detach()
     bc_weight = torch.ones_like(nll)
     if cfg.filters_bc:  # imitate the data actions the critic ranks above the policy's value (ObjectiveConfig)
-        advantage = (q_data if cfg.bc_advantage == "q" else target_q) - q_sampled.mean(1)
+        advantage = q_data - q_sampled.mean(1)
         if cfg.bc_weighting == "soft":
             bc_weight = torch.exp(advantage.clamp(max=0.0) / eta.detach())
         else:
