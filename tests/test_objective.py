@@ -281,4 +281,3 @@ def test_pac_moves_mass_to_the_action_its_critic_prefers_only_as_far_as_alpha_al
     assert bcq + 0.04 < paper < 0.5
     assert paper_rl > 0.6
     assert mass_on_the_paying_action(0.75, 1.0) > 0.5
-

@@ -167,13 +167,12 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
                                          generator=generator, mu=mcfg.action_bin_mu)
         next_probs = F.softmax(target.q_logits(z_next, next_actions, mask).float(), -1).mean(1)  # (B, atoms)
         target_probs = categorical_projection(batch.reward.float(), batch.discount.float(), next_probs, support)
-        target_q = (target_probs * support).sum(-1)  # (B,) the n-step return R + gamma^n V'(s_t+n)
 
     q_logits = net.q_logits(z, batch.action[:, None], mask)[:, 0].float()  # (B, atoms)
     q_loss = -(target_probs * F.log_softmax(q_logits, -1)).sum(-1).mean()
     q_data = expected_value(q_logits.detach(), support)
     metrics.update(q_loss=q_loss.detach(), q_mean=q_data.mean(), q_std=q_data.std(unbiased=False),
-                   target_q_mean=target_q.mean())
+                   target_q_mean=(target_probs * support).sum(-1).mean())
 
     if sample_now:
         with torch.no_grad():
