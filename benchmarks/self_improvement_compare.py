@@ -2,7 +2,8 @@
 rounds, `--finetune-alpha 1.0`) that start from the same pretrained policy and evaluate every round on the
 same episodes. Prints, per round, markdown tables of
 
-- each arm's return change from round 0 (mean over pairs, 95% t-interval over pairs, pairs above zero), and
+- each arm's change from round 0 in return or success rate (`--metric`; the change paired per episode within
+  a run: each run's own 95% interval, then the mean over pairs, its 95% t-interval and pairs above zero), and
 - PAC minus control, paired per episode within each pair, then pooled over pairs the same way,
 
 for the greedy evaluation and, where the runs collected by sampling, for the sampled (collecting) policy.
@@ -11,27 +12,70 @@ for the greedy evaluation and, where the runs collected by sampling, for the sam
         --pair outputs/si6-s1-a0.5 outputs/si6-s1-a1.0 --pair outputs/si6-s2-a0.5 outputs/si6-s2-a1.0
 
 Reads `<run>/improve/round<k>/report.json` (and `.../sampled/report.json`), written by
-`benchmarks/self_improvement.py` and `pac improve`.
+`benchmarks/self_improvement.py` and `pac improve`. The rounds' own evaluations are sized for a curve (tens of
+episodes); `--evaluate N` first evaluates every round's policy again on N fresh episodes (`--eval-seed`, the
+same episodes for every round and run, so the changes stay paired) and compares those. Each evaluation is
+written to `<run>/improve/round<k>/eval-<N>-seed<S>/` (report, table, plot) as it finishes, and a rerun skips
+the ones already there: a stopped comparison resumes.
+
+    .venv/bin/python benchmarks/self_improvement_compare.py --evaluate 200 --metric success \\
+        --pair outputs/si-s0 outputs/si-s0-bcq --pair outputs/si-s1 outputs/si-s1-bcq
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from pac.evaluation import mean_ci95
+from pac.config import EvalConfig
+from pac.evaluation import evaluate_model, load_policy_model, mean_ci95
 from pac.workflow import format_change, return_change
+
+log = logging.getLogger("self_improvement_compare")
+FIELDS = {"return": "returns", "success": "successes"}  # --metric -> the per-episode values of a report
+
+
+def reevaluate(run: Path, episodes: int, seed: int) -> str:
+    """Evaluate each round's policy of `run` again on `episodes` episodes from `seed`, with the round's own
+    evaluation settings otherwise (tasks, episode length, action selection), skipping rounds already done.
+
+    Returns the report name under `improve/round<k>/` that `load_reports` then reads.
+    """
+    name = f"eval-{episodes}-seed{seed}"
+    for round_report in sorted((run / "improve").glob("round*/report.json"), key=lambda p: int(p.parent.name[5:])):
+        out = round_report.parent / name
+        if (out / "report.json").exists():
+            continue
+        first = json.loads(round_report.read_text())
+        settings = {f.name: first["config"][f.name] for f in dataclasses.fields(EvalConfig)
+                    if f.name in first["config"]}
+        eval_cfg = dataclasses.replace(EvalConfig(**settings), episodes=episodes, seed=seed, video=False,
+                                       videos_per_task=0)
+        net, cfg = load_policy_model(first["policy"])
+        partial = out.with_name(out.name + ".partial")  # a killed evaluation never looks finished
+        shutil.rmtree(partial, ignore_errors=True)
+        report = evaluate_model(net, dataclasses.replace(cfg, eval=eval_cfg), output_dir=partial,
+                                name=first["policy"])
+        partial.rename(out)
+        log.info("%s %s: %s", run.name, round_report.parent.name, "; ".join(
+            f"{t}: return {r.return_mean:.1f}, success {r.success_rate}" for t, r in report.tasks.items()))
+    return f"{name}/report.json"
 
 
 def load_reports(run: Path, name: str) -> list[Any]:
-    """Per round, the per-task seeds and returns of `<run>/improve/round<k>/<name>` (what `return_change` pairs)."""
+    """Per round, the per-task seeds, returns and successes of `<run>/improve/round<k>/<name>` (what
+    `return_change` pairs)."""
     reports = []
     while (path := run / "improve" / f"round{len(reports)}" / name).exists():
         tasks = json.loads(path.read_text())["tasks"]
-        reports.append(SimpleNamespace(tasks={k: SimpleNamespace(seeds=t["seeds"], returns=t["returns"])
+        reports.append(SimpleNamespace(tasks={k: SimpleNamespace(seeds=t["seeds"], returns=t["returns"],
+                                                                 successes=t.get("successes"))
                                               for k, t in tasks.items()}))
     if not reports:
         raise SystemExit(f"{run} has no improve/round0/{name}")
@@ -56,17 +100,27 @@ def load_pair(pac: Path, control: Path, name: str) -> tuple[list[Any], list[Any]
     return runs
 
 
-def table(pairs: list[tuple[Path, Path]], name: str) -> str:
+def table(pairs: list[tuple[Path, Path]], name: str, metric: str = "return") -> str:
+    """Per round: each arm's change from round 0 and PAC minus control, per pair with its paired 95% interval
+    over episodes, and pooled over pairs. A success rate is shown in percentage points."""
+    field, scale = FIELDS[metric], 100.0 if metric == "success" else 1.0
     runs = [load_pair(pac, control, name) for pac, control in pairs]
-    lines = ["| round | PAC − round 0 (per pair) | pooled | control − round 0 (per pair) | pooled | "
-             "PAC − control (per pair, paired 95% CI) | pooled |", "|---|---|---|---|---|---|---|"]
+    for (pac, _), (pac_reports, _) in zip(pairs, runs, strict=True):
+        if metric == "success" and any(t.successes is None for t in pac_reports[0].tasks.values()):
+            raise SystemExit(f"{pac}: a task of {name} defines no success; compare --metric return")
+
+    def change(before: Any, after: Any) -> tuple[float, tuple[float, float] | None]:
+        mean, ci = return_change(before, after, field)
+        return mean * scale, None if ci is None else (ci[0] * scale, ci[1] * scale)
+
+    lines = ["| round | PAC − round 0 (per pair, paired 95% CI) | pooled | control − round 0 (per pair) | pooled | "
+             "PAC − control (per pair) | pooled |", "|---|---|---|---|---|---|---|"]
     for k in range(1, min(min(len(pac), len(control)) for pac, control in runs)):
-        pac_gain = [return_change(pac[0], pac[k])[0] for pac, _ in runs]
-        control_gain = [return_change(control[0], control[k])[0] for _, control in runs]
-        diffs = [return_change(control[k], pac[k]) for pac, control in runs]
-        lines.append(f"| {k} | {' / '.join(f'{v:+.1f}' for v in pac_gain)} | {pooled(pac_gain)} | "
-                     f"{' / '.join(f'{v:+.1f}' for v in control_gain)} | {pooled(control_gain)} | "
-                     f"{'; '.join(format_change(*d) for d in diffs)} | {pooled([d[0] for d in diffs])} |")
+        pac_gain = [change(pac[0], pac[k]) for pac, _ in runs]
+        control_gain = [change(control[0], control[k]) for _, control in runs]
+        diffs = [change(control[k], pac[k]) for pac, control in runs]
+        lines.append(" | ".join([f"| {k}"] + [x for gains in (pac_gain, control_gain, diffs) for x in (
+            "; ".join(format_change(*g) for g in gains), pooled([g[0] for g in gains]))]) + " |")
     return "\n".join(lines)
 
 
@@ -74,13 +128,33 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pair", nargs=2, action="append", required=True, metavar=("PAC_RUN", "CONTROL_RUN"),
                    help="run directories of one replicate pair (repeat for each pair)")
+    p.add_argument("--metric", choices=sorted(FIELDS), default="return",
+                   help="compare episode returns or success (a rate, in percentage points)")
+    p.add_argument("--evaluate", type=int, default=0, metavar="N",
+                   help="first evaluate every round's policy again on N fresh episodes per task and compare those")
+    p.add_argument("--eval-seed", type=int, default=2000,
+                   help="seed of the --evaluate episodes (default 2000: not the rounds' own evaluation seed)")
     args = p.parse_args()
     pairs = [(Path(a), Path(b)) for a, b in args.pair]
-    print("greedy evaluation (return change):\n")
-    print(table(pairs, "report.json"))
+    for run in (run for pair in pairs for run in pair):
+        if not (run / "improve" / "round0" / "report.json").exists():
+            p.error(f"{run} has no improve/round0/report.json (a benchmarks/self_improvement.py or pac improve run)")
+    if args.evaluate < 0:
+        p.error("--evaluate must be >= 0")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    if args.evaluate:
+        name = "report.json"
+        for run in (run for pair in pairs for run in pair):
+            name = reevaluate(run, args.evaluate, args.eval_seed)
+        print(f"greedy evaluation, {args.evaluate} episodes per task from seed {args.eval_seed} "
+              f"({args.metric} change):\n")
+        print(table(pairs, name, args.metric))
+        return
+    print(f"greedy evaluation ({args.metric} change):\n")
+    print(table(pairs, "report.json", args.metric))
     if all((run / "improve" / "round0" / "sampled" / "report.json").exists() for pair in pairs for run in pair):
-        print("\nsampled (collecting) policy (return change):\n")
-        print(table(pairs, "sampled/report.json"))
+        print(f"\nsampled (collecting) policy ({args.metric} change):\n")
+        print(table(pairs, "sampled/report.json", args.metric))
 
 
 if __name__ == "__main__":

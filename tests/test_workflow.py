@@ -167,3 +167,8 @@ def test_return_change_pairs_episodes_by_task_and_seed() -> None:
     other_task = SimpleNamespace(tasks={"jaco/reach_site": SimpleNamespace(seeds=[1], returns=[0.0])})
     with pytest.raises(ValueError, match="jaco/reach_site"):
         return_change(report([1], [0.0]), other_task)
+    # successes pair the same way: one episode of three turned from failure to success, +1/3 in rate
+    arm = "jaco/reach_site"
+    before = SimpleNamespace(tasks={arm: SimpleNamespace(seeds=[1, 2, 3], successes=[True, False, False])})
+    after = SimpleNamespace(tasks={arm: SimpleNamespace(seeds=[3, 2, 1], successes=[False, True, True])})
+    assert return_change(before, after, "successes")[0] == pytest.approx(1 / 3)

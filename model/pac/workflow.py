@@ -180,11 +180,12 @@ def _robot_summary(report: Any) -> tuple[float | None, float, float]:
             sum(t.normalized_score for t in tasks) / len(tasks))
 
 
-def return_change(before: Any, after: Any) -> tuple[float, tuple[float, float] | None]:
+def return_change(before: Any, after: Any, field: str = "returns") -> tuple[float, tuple[float, float] | None]:
     """Mean per-episode return change from one evaluation report to another, with its 95% t-interval.
 
     Episodes are paired by task and seed: every round is evaluated on the same episodes, so pairing
-    removes the spread between episodes, which is most of the spread of either mean.
+    removes the spread between episodes, which is most of the spread of either mean. `field` names the
+    per-episode values compared (`successes`: the change in success rate, each episode 0 or 1).
     """
     from pac.evaluation import mean_ci95
 
@@ -192,8 +193,8 @@ def return_change(before: Any, after: Any) -> tuple[float, tuple[float, float] |
     for task, t in after.tasks.items():
         if task not in before.tasks:
             raise ValueError(f"task {task} is in one evaluation and not the other: no paired change")
-        base = dict(zip(before.tasks[task].seeds, before.tasks[task].returns, strict=True))
-        diffs += [r - base[s] for s, r in zip(t.seeds, t.returns, strict=True) if s in base]
+        base = dict(zip(before.tasks[task].seeds, getattr(before.tasks[task], field), strict=True))
+        diffs += [float(v) - float(base[s]) for s, v in zip(t.seeds, getattr(t, field), strict=True) if s in base]
     if not diffs:
         raise ValueError("the two evaluations share no episode (task and seed)")
     return mean_ci95(diffs)
