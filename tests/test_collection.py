@@ -82,8 +82,18 @@ def test_collect_publishes_new_immutable_versions(policy: tuple[PerceiverActorCr
     returns = np.array([ep.episode_return for ep in episodes])
     assert first.tasks[TASK].return_mean == pytest.approx(returns.mean(), abs=1e-4)
 
-    appended = collect(net, model_cfg, cfg, "robot", model_uri="m", storage=storage, append=True, progress=False)
-    assert open_dataset(str(appended.ref), storage).manifest.counts["episodes"] == 6
+    # An appended round, same settings and seed as version 2's: it continues the stream's numbering, so none of
+    # its episodes replays an initial state already in the dataset (a policy finetuned on repeated states learns
+    # those states, not the task).
+    appended = collect(net, model_cfg, dataclasses.replace(cfg, seed=7), "robot", model_uri="m", storage=storage,
+                       append=True, progress=False)
+    held = read_episodes(str(appended.ref), storage)
+    assert len(held) == 6
+    new = [ep for ep in held if ep.policy == "m"]
+    assert sorted(int(ep.provenance["episode_index"]) for ep in new) == [3, 4, 5]
+    expected = {episode_seed(7, TASK, i, "collect") for i in (3, 4, 5)}
+    assert {int(ep.provenance["episode_seed"]) for ep in new} == expected
+    assert len({ep.episode_id for ep in held}) == 6 and len({int(ep.provenance["episode_seed"]) for ep in held}) == 6
 
 
 def test_collected_episodes_are_the_rollouts_episodes(policy: tuple[PerceiverActorCritic, Config],

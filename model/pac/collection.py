@@ -2,7 +2,9 @@
 
 This is the "self-generated data" step of the PAC finetuning cycle (PAC.md): the policy acts on the
 robot-arm tasks through the SAME rollout as evaluation (`pac.evaluation.iter_rollout`, seed stream
-"collect", so collected episodes never replay the evaluation's initial states), every episode is
+"collect", so collected episodes never replay the evaluation's initial states; an appended collection
+continues the stream's episode numbering after the episodes already in the dataset, so rounds of collection
+never replay each other's), every episode is
 labelled `quality="policy"` with the model as its `policy`, and the episodes stream into
 `pac.data.ingest.ingest`, which publishes a new immutable version of the dataset.
 
@@ -30,7 +32,7 @@ import torch
 
 from pac import __version__
 from pac.config import Config, ConfigError, DataConfig, EvalConfig, StorageConfig
-from pac.data.dataset import DatasetRef
+from pac.data.dataset import DatasetRef, read_manifest
 from pac.data.schema import Episode
 from pac.envs import list_tasks
 from pac.evaluation import EpisodeResult, NetworkPolicy, TaskPlan, check_fit, iter_rollout, plan_tasks
@@ -134,7 +136,8 @@ def collect(net: PerceiverActorCritic, model_cfg: Config, eval_cfg: EvalConfig, 
         storage: where the dataset lives.
         data: supplies the shard size (`data.shard_mb`).
         plans: the tasks (default: `collection_plans`).
-        append: the new version also contains every episode of the latest one.
+        append: the new version also contains every episode of the latest one; the new episodes continue the
+            seed stream after those (the latest version's episode count per task), so no initial state repeats.
         progress: progress bars.
 
     Returns:
@@ -154,15 +157,21 @@ def collect(net: PerceiverActorCritic, model_cfg: Config, eval_cfg: EvalConfig, 
                 "q_select_samples": source.q_select_samples, "epsilon": eval_cfg.epsilon,
                 "episode_steps": eval_cfg.episode_steps, "pac_version": __version__}
     results: dict[str, list[EpisodeResult]] = {}
+    # Rounds of collection appended to one dataset must not replay the same initial states: a policy finetuned
+    # on them learns those episodes (the Jaco rounds' collected return rose while the greedy success on fresh
+    # episodes did not, docs/self_improvement.md). Numbering continues after the episodes already there.
+    held = read_manifest(dataset, storage).tasks if append else {}
+    first = {p.task: held[p.task].episodes if p.task in held else 0 for p in plans}
 
     def episodes() -> Iterator[Episode]:
         for plan in plans:
             for result, episode in iter_rollout(source, plan, eval_cfg, stream=STREAM, record=True, videos=0,
-                                                progress=progress, desc=f"collect {plan.task}"):
+                                                progress=progress, desc=f"collect {plan.task}",
+                                                first_index=first[plan.task]):
                 results.setdefault(plan.task, []).append(result)
                 assert episode is not None  # record=True
                 provenance = {"source": STREAM, **{k: str(v) for k, v in settings.items()},
-                              "episode_seed": str(result.seed), "episode_index": str(result.index)}
+                              "episode_seed": str(result.seed), "episode_index": str(first[plan.task] + result.index)}
                 yield dataclasses.replace(episode, quality="policy", policy=model_uri, provenance=provenance)
 
     record: dict[str, Any] = {"kind": "policy", "uri": model_uri, "tasks": [p.task for p in plans],

@@ -66,7 +66,7 @@ class _Running:
 
 def iter_rollout(source: ActionSource, plan: TaskPlan | str, cfg: EvalConfig, *, stream: str = "eval",
                  record: bool = False, videos: int | None = None, progress: bool = True,
-                 desc: str | None = None) -> Iterator[tuple[EpisodeResult, Episode | None]]:
+                 desc: str | None = None, first_index: int = 0) -> Iterator[tuple[EpisodeResult, Episode | None]]:
     """Roll out `cfg.episodes` seeded episodes of one task, yielding each as it ends (deterministic order).
 
     This is the only place where policies meet environments: evaluation, the training loop's hook
@@ -83,6 +83,9 @@ def iter_rollout(source: ActionSource, plan: TaskPlan | str, cfg: EvalConfig, *,
             `cfg.video`, else none).
         progress: tqdm bar over finished episodes.
         desc: progress-bar label (default: the task id).
+        first_index: number of the first episode in its seed stream: the episodes are
+            `first_index .. first_index + cfg.episodes - 1` of the stream (their seeds and recorded ids), so a
+            collection appended to earlier ones starts from new initial states. Results keep 0-based indices.
 
     Yields:
         (result, episode or None), in the order episodes finish: a pure function of the seeds.
@@ -96,7 +99,7 @@ def iter_rollout(source: ActionSource, plan: TaskPlan | str, cfg: EvalConfig, *,
     plan = plan if isinstance(plan, TaskPlan) else TaskPlan(get_task(plan))
     spec = plan.spec
     videos = (cfg.videos_per_task if cfg.video else 0) if videos is None else videos
-    seeds = [episode_seed(cfg.seed, spec.id, i, stream) for i in range(cfg.episodes)]
+    seeds = [episode_seed(cfg.seed, spec.id, first_index + i, stream) for i in range(cfg.episodes)]
     running: dict[int, _Running] = {}
     video_ok = videos > 0
     stride, fps = 1, _VIDEO_FPS
@@ -142,7 +145,7 @@ def iter_rollout(source: ActionSource, plan: TaskPlan | str, cfg: EvalConfig, *,
                               action_high=env.action_high.copy(),
                               images=np.stack(run.images) if run.images else None, policy=source.name,
                               provenance={"source": "rollout", "stream": stream, "seed": str(run.seed)},
-                              episode_id=f"{spec.id}#{stream}-{cfg.seed}-{run.index}")
+                              episode_id=f"{spec.id}#{stream}-{cfg.seed}-{first_index + run.index}")
         return result, episode
 
     n_envs = min(cfg.num_envs, cfg.episodes)
