@@ -52,16 +52,15 @@ def reevaluate(run: Path, episodes: int, seed: int) -> str:
         out = round_report.parent / name
         if (out / "report.json").exists():
             continue
-        first = json.loads(round_report.read_text())
-        settings = {f.name: first["config"][f.name] for f in dataclasses.fields(EvalConfig)
-                    if f.name in first["config"]}
+        own = json.loads(round_report.read_text())  # the round's own evaluation: its policy and settings
+        settings = {f.name: own["config"][f.name] for f in dataclasses.fields(EvalConfig) if f.name in own["config"]}
         eval_cfg = dataclasses.replace(EvalConfig(**settings), episodes=episodes, seed=seed, video=False,
                                        videos_per_task=0)
-        net, cfg = load_policy_model(first["policy"])
+        net, cfg = load_policy_model(own["policy"])
         partial = out.with_name(out.name + ".partial")  # a killed evaluation never looks finished
         shutil.rmtree(partial, ignore_errors=True)
         report = evaluate_model(net, dataclasses.replace(cfg, eval=eval_cfg), output_dir=partial,
-                                name=first["policy"])
+                                name=own["policy"])
         partial.rename(out)
         log.info("%s %s: %s", run.name, round_report.parent.name, "; ".join(
             f"{t}: return {r.return_mean:.1f}, success {r.success_rate}" for t, r in report.tasks.items()))
