@@ -157,9 +157,9 @@ def collect(net: PerceiverActorCritic, model_cfg: Config, eval_cfg: EvalConfig, 
                 "q_select_samples": source.q_select_samples, "epsilon": eval_cfg.epsilon,
                 "episode_steps": eval_cfg.episode_steps, "pac_version": __version__}
     results: dict[str, list[EpisodeResult]] = {}
-    # Rounds of collection appended to one dataset must not replay the same initial states: a policy finetuned
-    # on them learns those episodes (the Jaco rounds' collected return rose while the greedy success on fresh
-    # episodes did not, docs/self_improvement.md). Numbering continues after the episodes already there.
+    # Rounds of collection appended to one dataset must not replay the same initial states: the rounds then
+    # learn states they will meet again (on the Jaco arm BC+Q got worse on the states it had practised, PAC a
+    # little better; docs/self_improvement.md). Numbering continues after the episodes already there.
     held = read_manifest(dataset, storage).tasks if append else {}
     first = {p.task: held[p.task].episodes if p.task in held else 0 for p in plans}
 
