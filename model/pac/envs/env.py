@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import logging
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
@@ -31,12 +32,25 @@ class Obs(TypedDict):
     image: np.ndarray | None  # (image_size, image_size, 3) uint8 from `TaskSpec.camera` when vision is on
 
 
+def _ik_retry_filter(record: logging.LogRecord) -> bool:
+    """The arm's reset places the hand by inverse kinematics and retries from another pose when a solve does not
+    converge (dm_control's initializer); each failed try logs a warning, ~75 of them per self-improvement run,
+    though nothing is wrong. They become debug records (shown under `pac -v`)."""
+    if not str(record.msg).startswith("Failed to converge"):  # dm_control.utils.inverse_kinematics
+        return True
+    record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+    return logging.getLogger("absl").isEnabledFor(logging.DEBUG)
+
+
 def _dm_control(module: str) -> Any:
     """Import a dm_control module; its first import loads the MUJOCO_GL backend, which may fail."""
     try:
-        return importlib.import_module(f"dm_control.{module}")
+        imported = importlib.import_module(f"dm_control.{module}")
     except (ImportError, RuntimeError, AttributeError, OSError) as e:
         raise import_failed(e) from e
+    # dm_control logs through the "absl" logger; adding the same filter again is a no-op
+    logging.getLogger("absl").addFilter(_ik_retry_filter)
+    return imported
 
 
 def load_dm_env(spec: TaskSpec, seed: int) -> Any:
