@@ -189,6 +189,19 @@ def test_quality_mix_and_worker_count_leave_the_episodes_unchanged() -> None:
         replace(SMALL, quality_episodes={"damped": 2})
 
 
+def test_one_task_and_quality_is_shared_out_in_runs_without_changing_its_episodes(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = replace(SMALL, tasks=["cartpole/balance"], qualities=["noisy", "expert"], episodes_per_policy=3,
+                  expert_noise_std=0.1)  # both draw from per-episode generators
+    whole = list(generate_episodes(replace(cfg, workers=1), progress=False))
+    monkeypatch.setattr("pac.data.generate._CHUNK", 1)  # each episode its own run: 6 runs for 2 workers
+    shared = list(generate_episodes(replace(cfg, workers=2), progress=False))
+    for a, b in zip(whole, shared, strict=True):
+        _same(a, b)
+    assert [ep.episode_id for ep in shared] == [f"generate/cartpole/balance/{q}/{i:05d}"
+                                                for q in ("noisy", "expert") for i in range(3)]
+
+
 def test_a_recipe_too_large_for_the_disk_fails_before_simulating(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     recipe = Config.from_dict({"generate": {"tasks": ["point_mass/easy"], "episode_steps": 1000,

@@ -38,6 +38,9 @@ from pac.evaluation import ScriptedSource, TaskPlan, iter_rollout, task_layout
 GENERATOR_VERSION = "4"  # bump when the same config would produce different episodes (3: the reacher expert's kd;
 # 4: finger/turn_easy's planning bonus)
 _HIST_BINS = 10
+# Episodes per worker task: one (task, quality) keeps every core busy (the finger's planner takes ~50 s an
+# episode: 100 of them were 87 min on one core of two), and the progress bar moves every few episodes.
+_CHUNK = 10
 
 
 def seed_stream(quality: str) -> str:
@@ -126,11 +129,16 @@ def estimated_bytes(cfg: GenerateConfig) -> int:
     return total
 
 
-def _run(cfg: GenerateConfig, task: str, quality: str) -> list[Episode]:
-    """Every episode of one (task, quality): the unit a worker process simulates."""
+def _units(cfg: GenerateConfig) -> list[tuple[str, str, int, int]]:
+    """(task, quality, first episode, episodes) in the order they are yielded: runs of at most `_CHUNK` episodes."""
+    return [(task, quality, first, min(_CHUNK, cfg.episodes(quality) - first))
+            for task in cfg.tasks for quality in cfg.qualities for first in range(0, cfg.episodes(quality), _CHUNK)]
+
+
+def _run(cfg: GenerateConfig, task: str, quality: str, first: int, count: int) -> list[Episode]:
+    """Episodes `first .. first + count - 1` of one (task, quality): the unit a worker process simulates."""
     plan = TaskPlan(get_task(task), vision=cfg.vision, image_size=cfg.image_size)
-    rollout_cfg = EvalConfig(episodes=cfg.episodes(quality), num_envs=1, episode_steps=cfg.episode_steps,
-                             seed=cfg.seed, video=False)
+    rollout_cfg = EvalConfig(episodes=count, num_envs=1, episode_steps=cfg.episode_steps, seed=cfg.seed, video=False)
     versions = {"mujoco": mujoco.__version__, "dm_control": metadata.version("dm-control")}
     # ScriptedSource builds a fresh policy per episode (experts keep per-episode state).
     factory = functools.partial(make_policy, quality=quality, expert_prob=cfg.noisy_expert_prob,
@@ -139,15 +147,16 @@ def _run(cfg: GenerateConfig, task: str, quality: str) -> list[Episode]:
                                 expert_noise_std=cfg.expert_noise_std)
     policy_name = factory(plan.spec).name
     rollouts = iter_rollout(ScriptedSource(factory, name=policy_name), plan, rollout_cfg,
-                            stream=seed_stream(quality), record=True, videos=0, progress=False)
+                            stream=seed_stream(quality), record=True, videos=0, progress=False, first_index=first)
     out = []
     for result, episode in rollouts:
+        index = first + result.index
         if episode is None:  # record=True always builds it
             raise RuntimeError("the rollout did not record the episode")
         provenance = {
             "source": "generate", "generator_version": GENERATOR_VERSION, "pac_version": __version__,
             "task": task, "quality": quality, "policy": policy_name, "seed": str(result.seed),
-            "base_seed": str(cfg.seed), "index": str(result.index),
+            "base_seed": str(cfg.seed), "index": str(index),
             "episode_steps": str(cfg.episode_steps), "vision": str(cfg.vision), **versions}
         if quality == "noisy":
             provenance["noisy_expert_prob"] = str(cfg.noisy_expert_prob)
@@ -159,7 +168,7 @@ def _run(cfg: GenerateConfig, task: str, quality: str) -> list[Episode]:
             provenance["damped_noise_std"] = str(cfg.damped_noise_std)
             provenance["damped_expert_prob"] = str(cfg.damped_expert_prob)
         out.append(dataclasses.replace(episode, quality=quality, policy=policy_name, provenance=provenance,
-                                       episode_id=f"generate/{task}/{quality}/{result.index:05d}"))
+                                       episode_id=f"generate/{task}/{quality}/{index:05d}"))
     return out
 
 
@@ -167,9 +176,9 @@ def generate_episodes(cfg: GenerateConfig, *, stats: ReturnStats | None = None,
                       progress: bool = True) -> Iterator[Episode]:
     """Yield `cfg.episodes(quality)` episodes per task and quality, in (task, quality, index) order.
 
-    The (task, quality) runs are simulated by `generate.workers` processes side by side (episodes are
-    seeded individually, so the result does not depend on the number of workers) and yielded in order
-    as they complete, so ingestion streams them.
+    Runs of up to `_CHUNK` episodes of one (task, quality) are simulated by `generate.workers` processes side
+    by side (episodes are seeded individually, so the result depends neither on the number of workers nor on
+    the runs' size) and yielded in order as they complete, so ingestion streams them.
 
     Args:
         cfg: tasks, qualities, counts, time limit, vision, seed and the behaviour policies' parameters.
@@ -181,19 +190,19 @@ def generate_episodes(cfg: GenerateConfig, *, stats: ReturnStats | None = None,
         RenderingUnavailable: `cfg.vision` on a machine that cannot render.
     """
     check_config(cfg)
-    units = [(task, quality) for task in cfg.tasks for quality in cfg.qualities]
+    units = _units(cfg)
     workers = min(cfg.workers or os.cpu_count() or 1, len(units))
     bar = tqdm(total=total_episodes(cfg), desc="generate", unit="ep", disable=not progress)
     try:
         if workers == 1:
-            runs: Iterator[list[Episode]] = (_run(cfg, task, quality) for task, quality in units)
+            runs: Iterator[list[Episode]] = (_run(cfg, *unit) for unit in units)
             for episodes in runs:
                 yield from _emit(episodes, stats, bar)
             return
         # spawn: a forked MuJoCo/OpenMP runtime is not safe to reuse; workers are not daemons, so the
         # rollout may start processes of its own.
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = [pool.submit(_run, cfg, task, quality) for task, quality in units]
+            futures = [pool.submit(_run, cfg, *unit) for unit in units]
             try:
                 for future in futures:
                     yield from _emit(future.result(), stats, bar)
