@@ -253,7 +253,7 @@ class GenerateConfig:
     qualities: list[str] = field(default_factory=lambda: ["random", "noisy", "expert"])
     # quality -> episodes per task, for the qualities it names (a mix such as 30% random / 40% degraded / 30% expert)
     quality_episodes: dict[str, int] = field(default_factory=dict)
-    workers: int = 0  # processes simulating (task, quality) runs side by side; 0: one per CPU core
+    workers: int = 0  # processes simulating runs of <= 10 episodes of a (task, quality) side by side; 0: one per core
     episode_steps: int = 250  # time limit per episode (control steps)
     vision: bool = False  # also store camera pixels
     image_size: int = IMAGE_SIZE  # side of the stored camera frames in pixels
