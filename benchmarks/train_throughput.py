@@ -30,6 +30,8 @@ spinning OpenMP threads whose peer is descheduled slow small models' steps down 
     .venv/bin/python benchmarks/train_throughput.py --presets tiny small-cpu --batch 16 --steps 20 --json out.json
     OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/train_throughput.py --presets tiny --batch 256 \
         --stages 0 --fp32-presets tiny --methods pac bc --baseline-rev f9109ac       # the step (issue 27)
+    OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/train_throughput.py --presets tiny tiny@num_latents=8 \
+        --batch 256 --stages 0 --fp32-presets tiny tiny@num_latents=8 --methods pac bc    # a preset's variants
 """
 
 from __future__ import annotations
@@ -54,12 +56,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from pac.config import Config, ObjectiveConfig, TrackingConfig, TrainConfig
+from pac.config import Config, ModelConfig, ObjectiveConfig, TrackingConfig, TrainConfig, assignments
 from pac.data.synthetic import SyntheticSource
 from pac.inputs import Observation, Transition
 from pac.networks import count_parameters
 from pac.objective import PACLearner, update_target
-from pac.presets import model_config
 from pac.training.engine import DeepSpeedEngine, World, init_world, lr_lambda, needs_target
 from pac.training.flops import count_flops, peak_matmul_flops, tokens_per_sample
 
@@ -115,12 +116,19 @@ class TorchBaseline:
         return out
 
 
+def preset_model(spec: str) -> ModelConfig:
+    """A preset's model, `NAME` or `NAME@FIELD=VALUE,...` with model fields changed (`tiny@num_latents=8`)."""
+    name, _, changes = spec.partition("@")
+    fields = [f"model.{change}" for change in changes.split(",") if change]
+    return Config.from_dict({"preset": name, **assignments(fields)}).model
+
+
 def bench_config(preset: str, batch: int, zero_stage: int, precision: str, method: str = "pac") -> Config:
     """One micro-batch of `batch` samples per optimizer step, the objective of `method` (METHODS)."""
     train = TrainConfig(global_batch_size=batch, micro_batch_size=batch, zero_stage=zero_stage,
                         precision=precision, output="unused")  # type: ignore[arg-type]
-    return Config(preset=preset, model=model_config(preset), objective=ObjectiveConfig(**METHODS[method]),
-                  train=train, tracking=TrackingConfig(enabled=False))
+    return Config(preset=preset.partition("@")[0], model=preset_model(preset),
+                  objective=ObjectiveConfig(**METHODS[method]), train=train, tracking=TrackingConfig(enabled=False))
 
 
 def task_batch(cfg: Config, batch: int, seed: int) -> Transition:
@@ -429,7 +437,8 @@ def run_rounds(args: argparse.Namespace, forwarded: list[str]) -> dict[str, Any]
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["tiny", "small-cpu", "XS"])
+    parser.add_argument("--presets", nargs="+", default=["tiny", "small-cpu", "XS"],
+                        help="preset names, each optionally with model fields changed: tiny@num_latents=8,num_blocks=1")
     parser.add_argument("--batch", type=int, default=32, help="samples per optimizer step (one micro-batch)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per measurement (the median is reported)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before the timed ones")
