@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -13,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pac.config import DataConfig, StorageConfig
+from pac.config import Config, DataConfig, StorageConfig
 from pac.data.dataset import DatasetError, ShardCorruptError, list_versions, open_dataset, parse_dataset_uri
 from pac.data.ingest import ingest
 from pac.data.manifest import ManifestError
+from pac.data.mixture import with_proprio_stats
 from pac.data.schema import Episode, EpisodeError
 from pac.data.shards import Shard
 
@@ -72,6 +75,49 @@ def test_round_trip_and_manifest_statistics(mixed_episodes: list[Episode], stora
     # Shards are plain pickle-free npz files.
     with np.load(Path(ref.uri) / m.shards[0].path, allow_pickle=False) as z:
         assert str(z["task"]) == m.shards[0].task
+
+
+def test_a_selection_of_qualities_is_standardised_by_its_own_states(mixed_episodes: list[Episode],
+                                                                    storage: StorageConfig,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    # experts' states in a narrow band, the others' spread wide: as cartpole's pole angle in mixed benchmark data
+    eps = [dataclasses.replace(ep, proprio=ep.proprio * 0.01 + 3.0 if ep.quality == "expert" else ep.proprio * 10.0)
+           for ep in mixed_episodes]
+    ref = ingest(eps, "mixed", storage=storage, data=SMALL, progress=False)
+    m = open_dataset(str(ref), storage).manifest
+    assert any(len(s.qualities) > 1 for s in m.shards if s.task == "cartpole/balance")  # shards mix qualities
+    cart = [ep for ep in eps if ep.task == "cartpole/balance"]
+    for qualities in (["expert"], ["random", "noisy"]):
+        states = np.concatenate([ep.proprio for ep in cart if ep.quality in qualities]).astype(np.float64)
+        mean, std, selected = m.proprio_stats("cartpole/balance", qualities)
+        np.testing.assert_allclose(mean, states.mean(0), rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(std, states.std(0), rtol=1e-6)
+        assert selected
+    whole = m.tasks["cartpole/balance"]
+    assert m.proprio_stats("cartpole/balance") == (whole.proprio_mean, whole.proprio_std, True)
+    assert m.proprio_stats("point_mass/easy", ["random"])[:2] == (m.tasks["point_mass/easy"].proprio_mean,
+                                                                  m.tasks["point_mass/easy"].proprio_std)
+
+    # Training takes the selection's statistics into the model (and so into its export).
+    cfg = Config(data=DataConfig(dataset=str(ref), qualities=["expert"]), storage=storage)
+    trained = with_proprio_stats(cfg, {}).model.proprio_stats["cartpole/balance"]
+    assert (trained.mean, trained.std) == m.proprio_stats("cartpole/balance", ["expert"])[:2]
+
+    # A manifest written before per-quality moments: the whole task's statistics, with a warning saying so.
+    path = Path(ref.uri) / "v0001" / "manifest.json"
+    doc = json.loads(path.read_text())
+    for shard in doc["shards"]:
+        shard.pop("quality_proprio")
+    path.write_text(json.dumps(doc))
+    assert open_dataset("mixed", storage).manifest.proprio_stats("cartpole/balance", ["expert"]) == (
+        whole.proprio_mean, whole.proprio_std, False)
+    with caplog.at_level(logging.WARNING):
+        trained = with_proprio_stats(cfg, {}).model.proprio_stats["cartpole/balance"]
+    assert trained.std == whole.proprio_std and "publish it again" in caplog.text and "data.qualities" in caplog.text
+    doc["shards"][0]["quality_proprio"] = {"expert": {"observations": 1}}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ManifestError, match="shard entry 0: quality_proprio must map each quality"):
+        open_dataset("mixed", storage)
 
 
 def test_versions_are_immutable_and_addressable(mixed_episodes: list[Episode], storage: StorageConfig) -> None:

@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -56,6 +56,9 @@ class ShardInfo:
     # each episode's quality label, in shard order, so training can select by quality (`data.qualities`);
     # None in manifests written before it existed (a shard of one label is still selectable: `labels()`)
     episode_qualities: list[str] | None = None
+    # label -> {"observations", "proprio_mean", "proprio_m2"} of that label's episodes, so a run that selects
+    # qualities standardises by the states it trains on (`Manifest.proprio_stats`); None before it existed
+    quality_proprio: dict[str, dict[str, Any]] | None = None
 
     def labels(self) -> list[str] | None:
         """Each episode's quality label, or None when the manifest predates them and the shard mixes labels."""
@@ -69,6 +72,12 @@ class ShardInfo:
         first = episodes[0]
         proprio = np.concatenate([ep.proprio for ep in episodes]).astype(np.float64)
         mean = proprio.mean(axis=0)
+        by_quality: dict[str, dict[str, Any]] = {}
+        for quality in dict.fromkeys(ep.quality for ep in episodes):
+            states = np.concatenate([ep.proprio for ep in episodes if ep.quality == quality]).astype(np.float64)
+            center = states.mean(axis=0)
+            by_quality[quality] = {"observations": int(states.shape[0]), "proprio_mean": center.tolist(),
+                                   "proprio_m2": ((states - center) ** 2).sum(axis=0).tolist()}
         instructions = list(dict.fromkeys(ep.instruction for ep in episodes))
         return ShardInfo(
             path=path, sha256=sha256, bytes=nbytes, task=first.task, episodes=len(episodes),
@@ -83,7 +92,7 @@ class ShardInfo:
             observations=int(proprio.shape[0]),
             action_low=np.min([ep.action_low for ep in episodes], axis=0).astype(np.float64).tolist(),
             action_high=np.max([ep.action_high for ep in episodes], axis=0).astype(np.float64).tolist(),
-            episode_qualities=[ep.quality for ep in episodes])
+            episode_qualities=[ep.quality for ep in episodes], quality_proprio=by_quality)
 
 
 @dataclass
@@ -112,6 +121,18 @@ class TaskStats:
     shards: int
 
 
+def _combine(parts: Sequence[tuple[int, Sequence[float], Sequence[float]]]) -> tuple[int, np.ndarray, np.ndarray]:
+    """Chan et al.: (count, mean, M2) of several groups of observations -> those of their union."""
+    n, mean, m2 = 0, np.zeros(len(parts[0][1])), np.zeros(len(parts[0][1]))
+    for nb, mb, m2b in parts:
+        delta = np.asarray(mb) - mean
+        total = n + nb
+        mean = mean + delta * nb / total
+        m2 = m2 + np.asarray(m2b) + delta**2 * n * nb / total
+        n = total
+    return n, mean, m2
+
+
 def task_stats(shards: Sequence[ShardInfo]) -> dict[str, TaskStats]:
     """Aggregate shard summaries per task (sorted by task id)."""
     by_task: dict[str, list[ShardInfo]] = {}
@@ -122,15 +143,7 @@ def task_stats(shards: Sequence[ShardInfo]) -> dict[str, TaskStats]:
         group = by_task[task]
         returns = np.array([r for s in group for r in s.episode_returns], dtype=np.float64)
         counts, edges = np.histogram(returns, bins=HISTOGRAM_BINS)
-        # Chan et al.: combine per-shard (count, mean, M2) into the task's mean and variance.
-        n, mean, m2 = 0, np.zeros(group[0].proprio_dim), np.zeros(group[0].proprio_dim)
-        for s in group:
-            nb, mb, m2b = s.observations, np.asarray(s.proprio_mean), np.asarray(s.proprio_m2)
-            delta = mb - mean
-            total = n + nb
-            mean = mean + delta * nb / total
-            m2 = m2 + m2b + delta**2 * n * nb / total
-            n = total
+        n, mean, m2 = _combine([(s.observations, s.proprio_mean, s.proprio_m2) for s in group])
         transitions = sum(s.transitions for s in group)
         instructions = list(dict.fromkeys(i for s in group for i in s.instructions))
         out[task] = TaskStats(
@@ -164,7 +177,7 @@ _SHARD_FIELDS: dict[str, tuple[type, type | None]] = {
     "qualities": (dict, int), "policies": (dict, int), "proprio_mean": (list, float), "proprio_m2": (list, float),
     "observations": (int, None), "action_low": (list, float), "action_high": (list, float),
 }
-_OPTIONAL_SHARD_FIELDS = {"episode_qualities"}  # absent from manifests written before it (same schema version)
+_OPTIONAL_SHARD_FIELDS = {"episode_qualities", "quality_proprio"}  # absent from manifests written before them
 
 
 def _check_shard_entry(s: dict[str, Any], where: str) -> None:
@@ -197,6 +210,18 @@ def _check_shard_entry(s: dict[str, Any], where: str) -> None:
         if not (_is(labels, list) and all(_is(v, str) for v in labels)):
             raise ManifestError(f"{where}: episode_qualities must be a list of str, got {labels!r:.80}")
         checks.append((Counter(labels) == Counter(s["qualities"]), "episode_qualities do not match qualities"))
+    moments = s.get("quality_proprio")
+    if moments is not None:
+        well_formed = _is(moments, dict) and set(moments) == set(s["qualities"]) and all(
+            _is(m, dict) and set(m) == {"observations", "proprio_mean", "proprio_m2"}
+            and _is(m["observations"], int) and m["observations"] >= 1
+            and all(_is(m[k], list) and len(m[k]) == s["proprio_dim"] and all(_is(v, float) for v in m[k])
+                    for k in ("proprio_mean", "proprio_m2")) for m in moments.values())
+        if not well_formed:
+            raise ManifestError(f"{where}: quality_proprio must map each quality to its observations, proprio_mean "
+                                f"and proprio_m2, got {moments!r:.80}")
+        checks.append((sum(m["observations"] for m in moments.values()) == s["observations"],
+                       "quality_proprio does not count the observations"))
     for ok, what in checks:
         if not ok:
             raise ManifestError(f"{where}: {what}")
@@ -227,6 +252,33 @@ class Manifest:
     @property
     def qualities(self) -> dict[str, int]:
         return dict(sum((Counter(t.qualities) for t in self.tasks.values()), Counter()))
+
+    def proprio_stats(self, task: str, qualities: Collection[str] = ()) -> tuple[list[float], list[float], bool]:
+        """Mean and std of the task's states over the episodes of `qualities` (all if empty or if none of the
+        task's episodes has one), and whether they are that selection's: False where a shard mixes qualities
+        and predates per-quality moments, so only the whole task's are known.
+
+        A network trained on a subset (the expert episodes of mixed data, say) must standardise by the states it
+        sees: the whole data's spread can be a hundred times the subset's (cartpole's pole angle, random against
+        balancing episodes), and then the subset's states differ by less than the network resolves.
+        """
+        group = [s for s in self.shards if s.task == task]
+        stats = self.tasks[task]
+        wanted = set(qualities) & {q for s in group for q in s.qualities}
+        if not wanted or wanted >= {q for s in group for q in s.qualities}:
+            return stats.proprio_mean, stats.proprio_std, True
+        parts = []
+        for s in group:
+            held = set(s.qualities) & wanted
+            if held == set(s.qualities):
+                parts.append((s.observations, s.proprio_mean, s.proprio_m2))
+            elif held and s.quality_proprio is None:
+                return stats.proprio_mean, stats.proprio_std, False
+            elif held:
+                parts += [(m["observations"], m["proprio_mean"], m["proprio_m2"])
+                          for q, m in s.quality_proprio.items() if q in held]
+        n, mean, m2 = _combine(parts)
+        return mean.tolist(), np.sqrt(m2 / n).tolist(), True
 
     @property
     def digest(self) -> str:

@@ -8,6 +8,7 @@ dataset's own batch i is a pure function of i, so the mixture is too: exact resu
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,8 @@ from pac.config import Config, ProprioStats
 from pac.data.dataset import read_manifest
 from pac.data.loader import TransitionLoader, build_loader
 from pac.inputs import Transition
+
+log = logging.getLogger(__name__)
 
 
 class MixtureSource:
@@ -64,14 +67,23 @@ def with_proprio_stats(cfg: Config, recorded: Mapping[str, ProprioStats]) -> Con
 
     `recorded` (the checkpoint's or the source model's) wins: a resumed or finetuned network keeps the
     normalisation it learned under. Tasks it lacks take their statistics from the manifests, `data.dataset`
-    first, then `data.mix_with` in order.
+    first, then `data.mix_with` in order, over the episodes of `data.qualities` where it selects some.
     """
     if cfg.model.proprio_norm != "task":
         return cfg
     stats: dict[str, ProprioStats] = {}
     for uri in [cfg.data.dataset, *cfg.data.mix_with]:
-        for task, t in read_manifest(uri, cfg.storage).tasks.items():
-            stats.setdefault(task, ProprioStats(mean=list(t.proprio_mean), std=list(t.proprio_std)))
+        manifest = read_manifest(uri, cfg.storage)
+        for task in manifest.tasks:
+            if task in stats:
+                continue
+            mean, std, selected = manifest.proprio_stats(task, cfg.data.qualities)
+            if not selected:
+                log.warning("%s: %s was published before its manifest kept per-quality statistics, so %s's states "
+                            "are standardised over all its episodes, not those of data.qualities %s; publish it "
+                            "again with this pac (pac data ingest, or pac data generate --force) for the selection's",
+                            uri, task, task, cfg.data.qualities)
+            stats[task] = ProprioStats(mean=list(mean), std=list(std))
     stats.update(recorded)
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, proprio_stats=stats))
 
