@@ -20,6 +20,8 @@ the ones already there: a stopped comparison resumes.
 
     .venv/bin/python benchmarks/self_improvement_compare.py --evaluate 200 --metric success \\
         --pair outputs/si-s0 outputs/si-s0-bcq --pair outputs/si-s1 outputs/si-s1-bcq
+
+`--plot FILE.png` also draws the curves: each arm's mean per round over the pairs, and every run's own.
 """
 
 from __future__ import annotations
@@ -123,6 +125,33 @@ def table(pairs: list[tuple[Path, Path]], name: str, metric: str = "return") -> 
     return "\n".join(lines)
 
 
+def plot(pairs: list[tuple[Path, Path]], name: str, metric: str, path: Path) -> None:
+    """The curves as a PNG: per round, each arm's mean over pairs (thick) and every pair's own run (thin)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    field, scale = FIELDS[metric], 100.0 if metric == "success" else 1.0
+    runs = [load_pair(pac, control, name) for pac, control in pairs]
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    for arm, color, label in ((0, "tab:blue", "PAC rounds"), (1, "tab:gray", "BC+Q rounds (control)")):
+        curves = [[scale * sum(sum(getattr(t, field)) / len(getattr(t, field)) for t in r.tasks.values())
+                   / len(r.tasks) for r in reports[arm]] for reports in runs]
+        for curve in curves:
+            ax.plot(range(len(curve)), curve, color=color, alpha=0.3, lw=1)
+        rounds = min(len(curve) for curve in curves)
+        mean = [sum(curve[k] for curve in curves) / len(curves) for k in range(rounds)]
+        ax.plot(range(rounds), mean, color=color, lw=2.5, marker="o", label=f"{label}: mean of {len(curves)}")
+    ax.set_xticks(range(max(len(reports[0]) for reports in runs)))
+    ax.set_xlabel("round (0: the pretrained policy)")
+    ax.set_ylabel("success rate (%)" if metric == "success" else "return")
+    ax.set_title(f"{metric} per round over {len(pairs)} replicate pairs (thin lines: each run)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    FigureCanvasAgg(fig).print_png(str(path))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pair", nargs=2, action="append", required=True, metavar=("PAC_RUN", "CONTROL_RUN"),
@@ -133,6 +162,7 @@ def main() -> None:
                    help="first evaluate every round's policy again on N fresh episodes per task and compare those")
     p.add_argument("--eval-seed", type=int, default=2000,
                    help="seed of the --evaluate episodes (default 2000: not the rounds' own evaluation seed)")
+    p.add_argument("--plot", type=Path, metavar="PNG", help="also draw the per-round curves of --metric into this file")
     args = p.parse_args()
     pairs = [(Path(a), Path(b)) for a, b in args.pair]
     for run in (run for pair in pairs for run in pair):
@@ -148,9 +178,13 @@ def main() -> None:
         print(f"greedy evaluation, {args.evaluate} episodes per task from seed {args.eval_seed} "
               f"({args.metric} change):\n")
         print(table(pairs, name, args.metric))
+        if args.plot:
+            plot(pairs, name, args.metric, args.plot)
         return
     print(f"greedy evaluation ({args.metric} change):\n")
     print(table(pairs, "report.json", args.metric))
+    if args.plot:
+        plot(pairs, "report.json", args.metric, args.plot)
     if all((run / "improve" / "round0" / "sampled" / "report.json").exists() for pair in pairs for run in pair):
         print(f"\nsampled (collecting) policy ({args.metric} change):\n")
         print(table(pairs, "sampled/report.json", args.metric))

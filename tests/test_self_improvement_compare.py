@@ -56,8 +56,11 @@ def run_main(compare: ModuleType, argv: list[str], capsys: pytest.CaptureFixture
 def test_success_is_compared_in_percentage_points(compare: ModuleType, pair: tuple[Path, Path],
                                                   capsys: pytest.CaptureFixture[str],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    out = run_main(compare, ["--metric", "success", "--pair", *map(str, pair)], capsys, monkeypatch)
+    png = pair[0].parent / "curves.png"
+    out = run_main(compare, ["--metric", "success", "--pair", *map(str, pair), "--plot", str(png)], capsys,
+                   monkeypatch)
     assert "success change" in out
+    assert png.read_bytes().startswith(b"\x89PNG")  # the curves, drawn beside the table
     row = next(line for line in out.splitlines() if line.startswith("| 1 |"))
     # each pooled cell is "mean [low, high], k/n" with n = 1 pair; a rate change is in [-100, +100] points
     assert row.count("/1") == 3
