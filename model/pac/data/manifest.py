@@ -264,19 +264,20 @@ class Manifest:
         """
         group = [s for s in self.shards if s.task == task]
         stats = self.tasks[task]
-        wanted = set(qualities) & {q for s in group for q in s.qualities}
-        if not wanted or wanted >= {q for s in group for q in s.qualities}:
+        present = {q for s in group for q in s.qualities}
+        wanted = set(qualities) & present
+        if not wanted or wanted == present:
             return stats.proprio_mean, stats.proprio_std, True
         parts = []
         for s in group:
-            held = set(s.qualities) & wanted
-            if held == set(s.qualities):
+            selected = set(s.qualities) & wanted
+            if selected == set(s.qualities):
                 parts.append((s.observations, s.proprio_mean, s.proprio_m2))
-            elif held and s.quality_proprio is None:
+            elif selected and s.quality_proprio is None:
                 return stats.proprio_mean, stats.proprio_std, False
-            elif held:
+            elif selected:
                 parts += [(m["observations"], m["proprio_mean"], m["proprio_m2"])
-                          for q, m in s.quality_proprio.items() if q in held]
+                          for q, m in s.quality_proprio.items() if q in selected]
         n, mean, m2 = _combine(parts)
         return mean.tolist(), np.sqrt(m2 / n).tolist(), True
 
