@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pac.cli import main
 from pac.config import Config, DataConfig, StorageConfig
 from pac.data.dataset import DatasetError, ShardCorruptError, list_versions, open_dataset, parse_dataset_uri
 from pac.data.ingest import ingest
@@ -79,7 +80,8 @@ def test_round_trip_and_manifest_statistics(mixed_episodes: list[Episode], stora
 
 def test_a_selection_of_qualities_is_standardised_by_its_own_states(mixed_episodes: list[Episode],
                                                                     storage: StorageConfig,
-                                                                    caplog: pytest.LogCaptureFixture) -> None:
+                                                                    caplog: pytest.LogCaptureFixture,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     # experts' states in a narrow band, the others' spread wide: as cartpole's pole angle in mixed benchmark data
     eps = [dataclasses.replace(ep, proprio=ep.proprio * 0.01 + 3.0 if ep.quality == "expert" else ep.proprio * 10.0)
            for ep in mixed_episodes]
@@ -113,11 +115,25 @@ def test_a_selection_of_qualities_is_standardised_by_its_own_states(mixed_episod
         whole.proprio_mean, whole.proprio_std, False)
     with caplog.at_level(logging.WARNING):
         trained = with_proprio_stats(cfg, {}).model.proprio_stats["cartpole/balance"]
-    assert trained.std == whole.proprio_std and "publish it again" in caplog.text and "data.qualities" in caplog.text
+    assert trained.std == whole.proprio_std and "pac data upgrade" in caplog.text and "data.qualities" in caplog.text
+
+    # `pac data upgrade` publishes the same shards with the summaries added, the old statistics kept as they were.
+    assert main(["data", "upgrade", "mixed", "--storage.root", storage.root, "--no-progress"]) == 0
+    upgraded = open_dataset("mixed@v0002", storage).manifest
+    assert [(s.path, s.sha256, s.proprio_m2) for s in upgraded.shards] == [(s.path, s.sha256, s.proprio_m2)
+                                                                          for s in m.shards]
+    assert upgraded.proprio_stats("cartpole/balance", ["expert"]) == m.proprio_stats("cartpole/balance", ["expert"])
+    assert upgraded.sources[-1] == {"kind": "upgraded", "uri": f"{ref.uri}@v0001"}
+    capsys.readouterr()
+    assert main(["data", "upgrade", "mixed", "--storage.root", storage.root]) == 0  # nothing missing: no version
+    out = capsys.readouterr()
+    assert out.out.strip() == f"{ref.uri}@v0002" and "nothing published" in out.err
+    assert list_versions("mixed", storage) == [1, 2]
+
     doc["shards"][0]["quality_proprio"] = {"expert": {"observations": 1}}
     path.write_text(json.dumps(doc))
     with pytest.raises(ManifestError, match="shard entry 0: quality_proprio must map each quality"):
-        open_dataset("mixed", storage)
+        open_dataset("mixed@v0001", storage)
 
 
 def test_versions_are_immutable_and_addressable(mixed_episodes: list[Episode], storage: StorageConfig) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -10,7 +11,7 @@ import pytest
 import torch
 from pac.config import DataConfig, StorageConfig
 from pac.data.dataset import ShardCorruptError, list_versions, open_dataset
-from pac.data.ingest import ingest
+from pac.data.ingest import ingest, upgrade
 from pac.data.loader import TransitionLoader
 from pac.data.schema import Episode
 from pac.storage import BucketNotFoundError, StorageAuthError, open_store
@@ -67,6 +68,28 @@ def test_ingest_version_list_and_load_from_s3(s3_env: S3Server, s3_bucket: str, 
     with pytest.raises(ShardCorruptError, match=rf"shard {s3_bucket}/datasets/control/{info.path} is corrupted"):
         fresh.prefetch(progress=False)
     assert not (tmp_path / "cache2" / "shards" / f"{info.sha256}.npz").exists()
+
+
+def test_upgrade_reads_old_shards_from_s3_and_publishes_their_summaries(s3_env: S3Server, s3_bucket: str,
+                                                                        mixed_episodes: list[Episode],
+                                                                        tmp_path: Path) -> None:
+    s3 = StorageConfig(endpoint=s3_env.endpoint, secure=False, root=f"{s3_bucket}/datasets")
+    ref = ingest(mixed_episodes, "old", storage=s3, data=SMALL, progress=False)
+    current = open_dataset(str(ref), s3).manifest
+    # the manifest as a pac before per-quality summaries wrote it
+    doc = json.loads(current.to_json())
+    for shard in doc["shards"]:
+        del shard["quality_proprio"], shard["episode_qualities"]
+    open_store(ref.uri, s3).put_bytes("v0001/manifest.json", json.dumps(doc).encode())
+    assert not open_dataset("old", s3).manifest.proprio_stats("cartpole/balance", ["expert"])[2]
+
+    upgraded = upgrade("old", storage=s3, cache_dir=tmp_path / "cache", progress=False)
+    assert upgraded is not None and upgraded.version == 2
+    m = open_dataset(str(upgraded), s3).manifest
+    assert [s.quality_proprio for s in m.shards] == [s.quality_proprio for s in current.shards]
+    assert [s.episode_qualities for s in m.shards] == [s.episode_qualities for s in current.shards]
+    assert {p.stem for p in (tmp_path / "cache" / "shards").glob("*.npz")} == {s.sha256 for s in current.shards}
+    assert upgrade("old", storage=s3, cache_dir=tmp_path / "cache", progress=False) is None
 
 
 def test_ranks_split_the_downloads(s3_env: S3Server, s3_bucket: str, mixed_episodes: list[Episode],

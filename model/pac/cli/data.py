@@ -1,4 +1,4 @@
-"""`pac data ...`: dataset commands (ingest, inspect; generate is added by `pac.data.generate`'s owner).
+"""`pac data ...`: dataset commands (ingest, check-store, upgrade, inspect, generate).
 
 Each subcommand is one function decorated with `@subcommand` that adds its parser to the `data`
 group; adding a command is appending one such function to this module.
@@ -34,7 +34,7 @@ def subcommand(add: F) -> F:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="datasets: ingest, inspect, generate",
+    p = sub.add_parser("data", help="datasets: ingest, upgrade, inspect, generate",
                        description="Versioned, immutable episode datasets on local disk or S3 (see docs/data.md).")
     data_sub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
     for add in SUBCOMMANDS:
@@ -118,6 +118,39 @@ def check_store_command(args: argparse.Namespace) -> int:
             print(f"waiting for the object store: {e}", file=sys.stderr)
             time.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
     print(f"ok: {store.url()} is reachable, listable and writable")
+    return 0
+
+
+@subcommand
+def add_upgrade(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "upgrade", help="publish a dataset version again with the summaries this pac keeps (no data copied)",
+        description="Read back the shards whose manifest entry predates a summary this pac keeps (each episode's "
+                    "quality label, per-quality state statistics for training on data.qualities) and publish the "
+                    "next version naming the same shards with those summaries added; every other statistic stays "
+                    "as it was. Prints the new version's URI, or the given one when nothing is missing.")
+    p.add_argument("dataset", metavar="DATASET_URI", help="name, path or s3:// URI, optionally @vNNNN / @latest")
+    p.add_argument("--uri-file", metavar="PATH", help="also write the resulting URI to this file (pipeline output)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_config_flags(p, ["data", "storage"])
+    p.set_defaults(func=upgrade_command)
+
+
+def upgrade_command(args: argparse.Namespace) -> int:
+    from pac.data.dataset import default_cache_dir, open_dataset
+    from pac.data.ingest import upgrade
+
+    cfg = resolve_config(args)
+    ref = upgrade(args.dataset, storage=cfg.storage, cache_dir=default_cache_dir(cfg.data, cfg.storage),
+                  progress=not args.no_progress)
+    if ref is None:
+        uri = open_dataset(args.dataset, cfg.storage).uri
+        print(f"{uri} already has every summary; nothing published", file=sys.stderr)
+    else:
+        uri = str(ref)
+    if args.uri_file:
+        Path(args.uri_file).write_text(uri)
+    print(uri)
     return 0
 
 

@@ -11,6 +11,7 @@ appending ingest first rebases onto the version that just won, so neither loses 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import tempfile
@@ -228,4 +229,52 @@ def ingest(episodes: Iterable[Episode], dataset: str, *, storage: StorageConfig,
     ref = DatasetRef(location, manifest.version)
     log.info("published %s: %d new episodes in %d shards (%s)", ref, count, len(writer.written),
              ", ".join(f"{t}: {s.episodes}" for t, s in manifest.tasks.items()))
+    return ref
+
+
+def upgrade(dataset: str, *, storage: StorageConfig, cache_dir: str | Path, progress: bool = True) -> DatasetRef | None:
+    """Publish the next version of `dataset`, naming the same shards with every summary this pac keeps.
+
+    A manifest written before a shard summary existed (each episode's quality label, per-quality state moments)
+    lacks it, and training on a selection of qualities then standardises by the whole data's states. Each such
+    shard is read back (sha256-verified) and only the missing summaries are added: the shards are not copied and
+    every statistic the old manifest had stays as it was, so runs on either version normalise the same way.
+
+    Args:
+        dataset: the version to upgrade (`NAME@v0002`, default the latest), as for `open_dataset`.
+        storage: storage section; the store must be writable.
+        cache_dir: where s3:// shards are downloaded to be read (content-addressed, shared with training).
+        progress: show a tqdm progress bar over the shards read.
+
+    Returns:
+        The published version, or None when the manifest already has every summary (nothing is published).
+
+    Raises:
+        DatasetError: no such dataset or version, or a shard's episodes disagree with its manifest entry.
+        ShardCorruptError: a shard's bytes do not match the manifest's sha256.
+    """
+    src = open_dataset(dataset, storage)
+    stale = [i for i, s in enumerate(src.manifest.shards) if s.episode_qualities is None or s.quality_proprio is None]
+    if not stale:
+        return None
+    src.store.check(write=True)
+    shards = list(src.manifest.shards)
+    for i in tqdm(stale, desc=f"upgrade {src.uri}", unit="shard", disable=not progress):
+        info = shards[i]
+        shard = src.open_shard(info, cache_dir)
+        try:
+            fresh = ShardInfo.summarize(shard.episodes(), info.path, info.sha256, info.bytes)
+        finally:
+            shard.close()
+        if fresh.qualities != info.qualities:
+            raise DatasetError(f"shard {src.shard_uri(info)} holds episodes of qualities {fresh.qualities}, the "
+                               f"manifest of {src.uri} says {info.qualities}; not upgrading it")
+        shards[i] = dataclasses.replace(info, episode_qualities=fresh.episode_qualities,
+                                        quality_proprio=fresh.quality_proprio)
+    name = src.manifest.name
+    manifest = _publish(src.store, name, max(all_version_numbers(src.store)) + 1, shards, None,
+                        [*src.manifest.sources, {"kind": "upgraded", "uri": src.uri}], None)
+    ref = DatasetRef(src.ref.uri, manifest.version)
+    log.info("published %s: the shards of %s with per-quality summaries (%d of %d shards read)", ref, src.uri,
+             len(stale), len(shards))
     return ref

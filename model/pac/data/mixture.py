@@ -81,8 +81,8 @@ def with_proprio_stats(cfg: Config, recorded: Mapping[str, ProprioStats]) -> Con
             if not selected:
                 log.warning("%s: %s was published before its manifest kept per-quality statistics, so %s's states "
                             "are standardised over all its episodes, not those of data.qualities %s; publish it "
-                            "again with this pac (pac data ingest, or pac data generate --force) for the selection's",
-                            uri, task, task, cfg.data.qualities)
+                            "again with the selection's (`pac data upgrade %s`) and train on the new version",
+                            uri, task, task, cfg.data.qualities, uri)
             stats[task] = ProprioStats(mean=list(mean), std=list(std))
     stats.update(recorded)
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, proprio_stats=stats))
