@@ -120,3 +120,26 @@ def test_an_export_from_before_proprio_squash_keeps_reading_states_through_symlo
     (tmp_path / CONFIG).write_text(json.dumps(data))
     _, loaded = load_export(tmp_path)
     assert loaded.model.proprio_squash == "symlog"
+
+
+def test_an_export_with_a_retired_setting_loads_and_an_unknown_model_key_is_refused(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from pac.networks import build_model
+    from pac.training.export import ExportError
+
+    cfg = Config()
+    weights = build_model(cfg.model).state_dict()
+    save_export(weights, cfg, tmp_path)
+    data = json.loads((tmp_path / CONFIG).read_text())
+    data["objective"]["bc_advantage"] = "nstep"  # an option a past pac had (session 42) and this one does not
+    data["retired_section"] = {"x": 1}
+    (tmp_path / CONFIG).write_text(json.dumps(data))
+    with caplog.at_level(logging.WARNING):
+        _, loaded = load_export(tmp_path)
+    assert loaded == cfg
+    assert "objective.bc_advantage, retired_section" in caplog.text
+
+    data["model"]["attention_window"] = 4  # the weights may depend on it: not guessed away
+    (tmp_path / CONFIG).write_text(json.dumps(data))
+    with pytest.raises(ExportError, match="unknown config key.*model.attention_window"):
+        load_export(tmp_path)

@@ -8,6 +8,7 @@ Layout of an export directory:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -18,7 +19,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from pac.config import Config, ConfigError
+from pac.config import Config, ConfigError, field_types
 from pac.networks import PerceiverActorCritic, build_model
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def load_export(directory: str | Path, device: str | torch.device = "cpu") -> tu
     if not isinstance(raw, dict):
         raise ExportError(f"{cfg_path} must hold a JSON object (a PAC config), not {type(raw).__name__}")
     try:
-        cfg = Config.from_dict(upgrade_legacy(raw, str(directory)))
+        cfg = Config.from_dict(drop_retired(upgrade_legacy(raw, str(directory)), str(directory)))
     except ConfigError as e:
         raise ExportError(f"{cfg_path} is not a valid PAC config: {e}") from e
     try:
@@ -108,6 +109,31 @@ def upgrade_legacy(data: dict[str, Any], source: str) -> dict[str, Any]:
                 "trained (retrain or finetune it to get per-task statistics)", source)
     return {**data, "model": {**model, "proprio_encoder": "scalar", "proprio_norm": "none", "proprio_squash": "symlog",
                               "action_decode": "argmax"}}
+
+
+def drop_retired(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """An export config without the settings this pac no longer has, outside `model` (each named in a warning).
+
+    Only `model` describes the network its weights fit, and an unknown key there stays an error. The other sections
+    say how it was trained and how it acts by default; a setting removed since (an objective option tried and
+    retired, say) must not make every model trained with it unloadable from the registry.
+    """
+    sections = field_types(Config)
+    out: dict[str, Any] = {}
+    dropped = []
+    for key, value in data.items():
+        if key not in sections:
+            dropped.append(key)
+        elif key != "model" and isinstance(value, dict) and dataclasses.is_dataclass(sections[key]):
+            known = field_types(sections[key])
+            dropped += [f"{key}.{k}" for k in value if k not in known]
+            out[key] = {k: v for k, v in value.items() if k in known}
+        else:
+            out[key] = value
+    if dropped:
+        log.warning("%s was exported by a pac with setting(s) this one does not have: %s; ignored (they do not change "
+                    "the network)", source, ", ".join(dropped))
+    return out
 
 
 def load_state_dict_checked(net: torch.nn.Module, state: dict[str, torch.Tensor], source: str, preset: str) -> None:
