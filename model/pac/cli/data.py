@@ -41,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         add(data_sub)
 
 
+def add_output_flags(p: argparse.ArgumentParser) -> None:
+    """`--uri-file` and `--no-progress`, shared by the commands that publish a version."""
+    p.add_argument("--uri-file", metavar="PATH", help="also write the version's URI to this file (pipeline output)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
 @subcommand
 def add_ingest(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -60,8 +66,7 @@ def add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quality", default="", choices=["", *EPISODE_QUALITIES], help="quality label for every episode")
     p.add_argument("--append", action="store_true",
                    help="the new version also contains all episodes of the latest one")
-    p.add_argument("--uri-file", metavar="PATH", help="also write the published URI to this file (pipeline output)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_flags(p)
     add_config_flags(p, ["data", "storage"])
     p.set_defaults(func=ingest_command)
 
@@ -130,8 +135,7 @@ def add_upgrade(sub: argparse._SubParsersAction) -> None:
                     "next version naming the same shards with those summaries added; every other statistic stays "
                     "as it was. Prints the new version's URI, or the given one when nothing is missing.")
     p.add_argument("dataset", metavar="DATASET_URI", help="name, path or s3:// URI, optionally @vNNNN / @latest")
-    p.add_argument("--uri-file", metavar="PATH", help="also write the resulting URI to this file (pipeline output)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_flags(p)
     add_config_flags(p, ["data", "storage"])
     p.set_defaults(func=upgrade_command)
 
@@ -251,8 +255,7 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
                    help="the new version also contains all episodes of the latest one")
     p.add_argument("--force", action="store_true",
                    help="generate even when the latest version already holds this configuration's episodes")
-    p.add_argument("--uri-file", metavar="PATH", help="also write the published URI to this file (pipeline output)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_flags(p)
     add_config_flags(p, ["generate", "data", "storage"])
     p.set_defaults(func=generate_command)
 
