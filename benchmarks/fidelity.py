@@ -21,7 +21,9 @@ overrides the training config (repeatable), so each ablation is one command:
     .venv/bin/python benchmarks/fidelity.py --output /tmp/f --tasks point_mass/easy --episodes 2 \\
         --episode-steps 100 --steps 20 --eval-episodes 2                                  # plumbing smoke
 
-Writes `results.json` and `results.md` into `--output`; runtimes are in docs/learner.md.
+Writes `results.json` and `results.md` into `--output`; runtimes are in docs/learner.md. The PAC run checkpoints
+every `--checkpoint-every` steps and the same command resumes a stopped run (a long budget can span sessions);
+the MLP floor, minutes at any budget here, is fitted again.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from quality import start_or_resume  # this folder is on sys.path when run as a script
 
 TASKS = ("cartpole/balance", "point_mass/easy", "reacher/easy")
 RECIPE = "benchmark"  # the fidelity data are this recipe's expert episodes (its seeds and expert noise)
@@ -53,6 +56,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--episode-steps", type=int, default=1000, help="episode length (the suite's standard 1000)")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps")
+    p.add_argument("--checkpoint-every", type=int, default=1000, metavar="STEPS",
+                   help="checkpoint interval: a stopped run resumes from its last checkpoint when the same command "
+                        "runs again (a run folder left by other settings is started afresh)")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--eval-episodes", type=int, default=10, help="evaluation episodes per task")
@@ -113,7 +119,8 @@ def train_config(args: argparse.Namespace, dataset: str) -> Any:
             "objective": {"alpha": 1.0, "beta": 0.0},
             "data": {"dataset": dataset, "tasks": list(args.tasks.split(","))},
             "train": {"steps": args.steps, "global_batch_size": args.batch, "micro_batch_size": args.batch,
-                      "checkpoint_every": args.steps, "log_every": max(args.steps // 10, 1),
+                      "checkpoint_every": min(args.checkpoint_every, args.steps), "keep_checkpoints": 1,
+                      "resume": True, "log_every": max(args.steps // 10, 1),
                       "output": str(Path(args.output).resolve() / "run")},
             "storage": {"root": str(Path(args.output).resolve())},
             "tracking": {"enabled": False}}
@@ -251,7 +258,8 @@ def markdown(result: dict[str, Any]) -> str:
             + (f" (expert action noise {noise})" if (noise := result.get("expert_noise_std")) else ""))
     lines = [f"BC fidelity: preset {result['preset']}, {result['steps']} steps x batch {result['batch']}, "
              f"{data}, {result['eval_episodes']} evaluation episodes per task (seed {result['eval_seed']}); overrides: "
-             f"{', '.join(result['overrides']) or 'none'}; train {result['train_s']:.0f} s",
+             f"{', '.join(result['overrides']) or 'none'}; train {result['train_s']:.0f} s"
+             + (f" (after resuming at step {result['resumed_from']})" if result.get("resumed_from") else ""),
              "",
              "| task | random | expert | BC (PAC net) | fidelity |" + (" MLP floor | MLP fidelity |" if mlp else ""),
              "|---|---:|---:|---:|---:|" + ("---:|---:|" if mlp else "")]
@@ -296,9 +304,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     cfg = train_config(args, dataset)
+    start_or_resume(cfg)
     t0 = time.perf_counter()
     trained = train(cfg)
     train_s = time.perf_counter() - t0
+    if trained.preempted:
+        print(f"fidelity: stopped at step {trained.steps}; the same command resumes it", file=sys.stderr)
+        return 3
+    resumed_from = trained.steps - len(trained.history)
+    if resumed_from:
+        log.info("resumed at step %d: train_s covers the last %d steps", resumed_from, len(trained.history))
     floor = None
     if not args.no_mlp:
         from pac.data.dataset import read_manifest
@@ -313,7 +328,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               "episodes": args.episodes, "episode_steps": args.episode_steps,
               "expert_noise_std": None if args.dataset else args.expert_noise_std, "eval_episodes": args.eval_episodes,
               "eval_seed": args.eval_seed,
-              "overrides": args.set, "train_s": train_s, "tasks": per_task,
+              "overrides": args.set, "train_s": train_s, "resumed_from": resumed_from, "tasks": per_task,
               "fidelity_mean": float(np.mean([r["fidelity"] for r in per_task.values()]))}
     if floor is not None:
         result["mlp_fidelity_mean"] = float(np.mean([r["mlp_fidelity"] for r in per_task.values()]))

@@ -1,0 +1,38 @@
+"""The fidelity benchmark (`benchmarks/fidelity.py`, issue 26): a plumbing-sized run writes its table, and the same
+command again resumes the finished run from its checkpoint instead of training it afresh."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture()
+def fidelity(benchmark_module: Callable[[str], ModuleType], monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # it imports quality, as a script does
+    return benchmark_module("fidelity")
+
+
+def test_the_same_command_resumes_the_run_and_other_settings_start_afresh(fidelity: ModuleType,
+                                                                          tmp_path: Path) -> None:
+    argv = ["--tasks", "point_mass/easy", "--episodes", "2", "--episode-steps", "40", "--steps", "4",
+            "--checkpoint-every", "2", "--eval-episodes", "2", "--no-mlp", "--output", str(tmp_path / "out"),
+            "--cache", str(tmp_path / "cache")]
+    assert fidelity.main(argv) == 0
+    first = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert first["resumed_from"] == 0 and set(first["tasks"]) == {"point_mass/easy"}
+    assert (tmp_path / "out" / "run" / "checkpoints").is_dir()
+
+    assert fidelity.main(argv) == 0  # found at its last checkpoint: nothing trained again, the same policy
+    again = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert again["resumed_from"] == 4 and again["tasks"] == first["tasks"]
+    assert "after resuming at step 4" in (tmp_path / "out" / "results.md").read_text()
+
+    assert fidelity.main([*argv, "--set", "train.lr=0.0005"]) == 0  # other settings: not continued
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["resumed_from"] == 0
