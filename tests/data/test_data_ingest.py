@@ -129,6 +129,9 @@ def test_a_selection_of_qualities_is_standardised_by_its_own_states(mixed_episod
     out = capsys.readouterr()
     assert out.out.strip() == f"{ref.uri}@v0002" and "nothing published" in out.err
     assert list_versions("mixed", storage) == [1, 2]
+    with caplog.at_level(logging.WARNING):  # an older version's upgrade becomes the latest: said, not silent
+        assert main(["data", "upgrade", "mixed@v0001", "--storage.root", storage.root, "--no-progress"]) == 0
+    assert list_versions("mixed", storage) == [1, 2, 3] and "above v0002" in caplog.text
 
     doc["shards"][0]["quality_proprio"] = {"expert": {"observations": 1}}
     path.write_text(json.dumps(doc))

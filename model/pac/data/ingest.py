@@ -272,6 +272,11 @@ def upgrade(dataset: str, *, storage: StorageConfig, cache_dir: str | Path, prog
         shards[i] = dataclasses.replace(info, episode_qualities=fresh.episode_qualities,
                                         quality_proprio=fresh.quality_proprio)
     name = src.manifest.name
+    published = [v for v in all_version_numbers(src.store) if src.store.exists(f"{version_dir(v)}/{MANIFEST_NAME}")]
+    if published[-1] != src.ref.version:
+        log.warning("%s is not the latest version: its upgrade becomes %s@latest, above %s (still addressable by "
+                    "number)", src.uri, src.ref.uri, ", ".join(version_dir(v) for v in published
+                                                               if v > src.ref.version))
     manifest = _publish(src.store, name, max(all_version_numbers(src.store)) + 1, shards, None,
                         [*src.manifest.sources, {"kind": "upgraded", "uri": src.uri}], None)
     ref = DatasetRef(src.ref.uri, manifest.version)
