@@ -33,10 +33,10 @@ def fourier_features(x: torch.Tensor, bands: int) -> torch.Tensor:
 class ProprioEncoder(nn.Module):
     """The state vector -> proprio tokens, in one of two ways (`model.proprio_encoder`).
 
-    * ``vector``: the whole vector, padded to `max_proprio_dims` beside its mask, goes through an
+    * ``vector`` (default): the whole vector, padded to `max_proprio_dims` beside its mask, goes through an
       MLP that emits `proprio_tokens` tokens (JAT's choice). Every output reads every coordinate through a
       linear path, so a controller proportional to a small coordinate is one weight away.
-    * ``scalar`` (default): every scalar is one token (value embedding + learned per-dimension position); the latents
+    * ``scalar``: every scalar is one token (value embedding + learned per-dimension position); the latents
       must assemble the state through attention (docs/learner.md compares the two).
 
     With `model.proprio_fourier_bands` > 0 each value also enters as Fourier features. Embodiments with
