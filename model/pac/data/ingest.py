@@ -24,7 +24,14 @@ import numpy as np
 from tqdm import tqdm
 
 from pac.config import DataConfig, StorageConfig
-from pac.data.dataset import DatasetError, DatasetRef, all_version_numbers, open_dataset, version_dir
+from pac.data.dataset import (
+    DatasetError,
+    DatasetRef,
+    all_version_numbers,
+    list_versions,
+    open_dataset,
+    version_dir,
+)
 from pac.data.manifest import MANIFEST_NAME, Manifest, ShardInfo
 from pac.data.schema import Episode, EpisodeError
 from pac.data.shards import episode_nbytes, write_shard
@@ -271,13 +278,11 @@ def upgrade(dataset: str, *, storage: StorageConfig, cache_dir: str | Path, prog
                                f"manifest of {src.uri} says {info.qualities}; not upgrading it")
         shards[i] = dataclasses.replace(info, episode_qualities=fresh.episode_qualities,
                                         quality_proprio=fresh.quality_proprio)
-    name = src.manifest.name
-    published = [v for v in all_version_numbers(src.store) if src.store.exists(f"{version_dir(v)}/{MANIFEST_NAME}")]
-    if published[-1] != src.ref.version:
+    newer = [version_dir(v) for v in list_versions(src.ref.uri, storage) if v > src.ref.version]
+    if newer:
         log.warning("%s is not the latest version: its upgrade becomes %s@latest, above %s (still addressable by "
-                    "number)", src.uri, src.ref.uri, ", ".join(version_dir(v) for v in published
-                                                               if v > src.ref.version))
-    manifest = _publish(src.store, name, max(all_version_numbers(src.store)) + 1, shards, None,
+                    "number)", src.uri, src.ref.uri, ", ".join(newer))
+    manifest = _publish(src.store, src.manifest.name, max(all_version_numbers(src.store)) + 1, shards, None,
                         [*src.manifest.sources, {"kind": "upgraded", "uri": src.uri}], None)
     ref = DatasetRef(src.ref.uri, manifest.version)
     log.info("published %s: the shards of %s with per-quality summaries (%d of %d shards read)", ref, src.uri,

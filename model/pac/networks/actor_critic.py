@@ -27,7 +27,6 @@ class PerceiverEncoder(nn.Module):
         self.proprio = ProprioEncoder(cfg)
         self.vision = VisionEncoder(cfg)
         self.language = LanguageEncoder(cfg)
-        self.conditioned = cfg.proprio_condition == "instruction"
         # Per-modality type embedding, plus one always-valid token so a sample with every modality
         # absent still has a defined attention distribution.
         self.modality = Embedding(4, cfg.d_model)
@@ -49,7 +48,7 @@ class PerceiverEncoder(nn.Module):
         text, text_mask, inverse = _distinct_rows(obs.text, obs.text_mask)
         language, language_mask = self.language(text, text_mask)
         context = None
-        if self.conditioned:  # the instruction's mean byte embedding, for the state encoder
+        if self.proprio.condition is not None:  # the instruction's mean byte embedding, for the state encoder
             weights = language_mask.unsqueeze(-1).to(language.dtype)
             context = ((language * weights).sum(1) / weights.sum(1).clamp_min(1)).index_select(0, inverse)
         proprio, proprio_mask = self.proprio(obs.proprio, obs.proprio_mask, context)

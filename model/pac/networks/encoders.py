@@ -49,6 +49,7 @@ class ProprioEncoder(nn.Module):
         self.bands = cfg.proprio_fourier_bands
         self.symlog = cfg.proprio_squash == "symlog"
         self.vector = cfg.proprio_encoder == "vector"
+        self.condition: Linear | None = None  # the instruction's path into the vector encoder, if conditioned
         features = 1 + 2 * self.bands
         if self.vector:
             self.tokens, self.d_model = cfg.proprio_tokens, cfg.d_model
@@ -56,9 +57,8 @@ class ProprioEncoder(nn.Module):
             self.value = nn.Sequential(Linear(cfg.max_proprio_dims * (features + 1), hidden, init="fan_in"),
                                        nn.GELU(), Linear(hidden, cfg.proprio_tokens * cfg.d_model, init="fan_in"))
             self.position = Embedding(cfg.proprio_tokens, cfg.d_model)
-            # zero-initialised: a conditioned encoder starts as the unconditioned one
-            self.condition = Linear(cfg.d_model, hidden, init="zeros") if cfg.proprio_condition == "instruction" \
-                else None
+            if cfg.proprio_condition == "instruction":  # zero-initialised: starts as the unconditioned encoder
+                self.condition = Linear(cfg.d_model, hidden, init="zeros")
         else:
             self.value = nn.Sequential(Linear(features, cfg.d_model, init="fan_in"), nn.GELU(),
                                        Linear(cfg.d_model, cfg.d_model, init="fan_in"))
