@@ -21,9 +21,17 @@ overrides the training config (repeatable), so each ablation is one command:
     .venv/bin/python benchmarks/fidelity.py --output /tmp/f --tasks point_mass/easy --episodes 2 \\
         --episode-steps 100 --steps 20 --eval-episodes 2                                  # plumbing smoke
 
-Writes `results.json` and `results.md` into `--output`; runtimes are in docs/learner.md. The PAC run checkpoints
-every `--checkpoint-every` steps and the same command resumes a stopped run (a long budget can span sessions);
-the MLP floor, minutes at any budget here, is fitted again.
+`--eval-every N` evaluates both learners every N steps on the way to `--steps`: a fidelity-against-budget curve
+(`curve.png`, and a table in `results.md`) from one training run, e.g. the six-task model up to the peers' per-task
+budget (120,000 steps; hours on one core):
+
+    .venv/bin/python benchmarks/fidelity.py --output outputs/fid6-curve --tasks T1,...,T6 \\
+        --steps 120000 --eval-every 20000
+
+Writes `results.json`, `results.md` (and `curve.png` with `--eval-every`) into `--output` after every evaluation;
+runtimes are in docs/learner.md. The PAC run checkpoints every `--checkpoint-every` steps and the MLP floor at every
+evaluation: the same command resumes a stopped run (a long budget can span sessions), and with the default
+constant learning rate a larger `--steps` continues a finished run instead of starting afresh.
 """
 
 from __future__ import annotations
@@ -59,6 +67,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--checkpoint-every", type=int, default=1000, metavar="STEPS",
                    help="checkpoint interval: a stopped run resumes from its last checkpoint when the same command "
                         "runs again (a run folder left by other settings is started afresh)")
+    p.add_argument("--eval-every", type=int, default=0, metavar="STEPS",
+                   help="also evaluate every STEPS steps on the way to --steps (0: only at the end); needs the "
+                        "constant learning-rate schedule, so each point is the same run stopped early")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--seed", type=int, default=0, help="training seed")
     p.add_argument("--eval-episodes", type=int, default=10, help="evaluation episodes per task")
@@ -76,7 +87,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         assignments(args.set)  # the form only: the values are checked with the whole config
     except ConfigError as e:
         p.error(f"--set {e}")
+    if args.eval_every < 0 or args.steps < 1:
+        p.error("--steps must be >= 1 and --eval-every >= 0")
     return args
+
+
+def milestones(steps: int, every: int) -> list[int]:
+    """The steps at which the run is evaluated: every `every` steps, and always at the end."""
+    return sorted({*range(every, steps, every), steps} if every else {steps})
 
 
 def add_noise_arg(p: argparse.ArgumentParser) -> None:
@@ -112,14 +130,16 @@ def expert_dataset(tasks: Sequence[str], episodes: int, steps: int, cache: Path,
     return str(cache / name)
 
 
-def train_config(args: argparse.Namespace, dataset: str) -> Any:
+def train_config(args: argparse.Namespace, dataset: str, steps: int | None = None) -> Any:
+    """The BC run's config, trained to `steps` (default `--steps`): one segment of a run evaluated on its way."""
     from pac.config import Config, assignments, merge
 
+    steps = steps or args.steps
     base = {"preset": args.preset, "seed": args.seed,
             "objective": {"alpha": 1.0, "beta": 0.0},
             "data": {"dataset": dataset, "tasks": list(args.tasks.split(","))},
-            "train": {"steps": args.steps, "global_batch_size": args.batch, "micro_batch_size": args.batch,
-                      "checkpoint_every": min(args.checkpoint_every, args.steps), "keep_checkpoints": 1,
+            "train": {"steps": steps, "global_batch_size": args.batch, "micro_batch_size": args.batch,
+                      "checkpoint_every": min(args.checkpoint_every, steps), "keep_checkpoints": 1,
                       "resume": True, "log_every": max(args.steps // 10, 1),
                       "output": str(Path(args.output).resolve() / "run")},
             "storage": {"root": str(Path(args.output).resolve())},
@@ -127,18 +147,29 @@ def train_config(args: argparse.Namespace, dataset: str) -> Any:
     return Config.from_dict(merge(base, assignments(args.set)))
 
 
-def evaluate_all(export: str, floor: MlpFloor | None, tasks: Sequence[str],
-                 args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    """Policy, MLP floor, expert and random returns per task on the same seeded episodes."""
+def eval_config(args: argparse.Namespace) -> Any:
     from pac.config import EvalConfig
+
+    return EvalConfig(episodes=args.eval_episodes, num_envs=args.eval_episodes, episode_steps=args.episode_steps,
+                      seed=args.eval_seed, video=False)
+
+
+def expert_reference(tasks: Sequence[str], args: argparse.Namespace) -> Any:
+    """The experts on the evaluation's seeded episodes (the same at every evaluation of a run: done once)."""
     from pac.envs.experts import make_expert
-    from pac.evaluation import NetworkPolicy, ScriptedSource, evaluate, load_policy_model
+    from pac.evaluation import ScriptedSource, evaluate
+
+    return evaluate(ScriptedSource(make_expert, name="expert"), list(tasks), eval_config(args), progress=False)
+
+
+def evaluate_all(export: str, floor: MlpFloor | None, tasks: Sequence[str], args: argparse.Namespace,
+                 reference: Any) -> dict[str, dict[str, float]]:
+    """Policy, MLP floor, expert and random returns per task on the same seeded episodes."""
+    from pac.evaluation import NetworkPolicy, evaluate, load_policy_model
 
     net, _ = load_policy_model(export)
-    cfg = EvalConfig(episodes=args.eval_episodes, num_envs=args.eval_episodes, episode_steps=args.episode_steps,
-                     seed=args.eval_seed, video=False)
+    cfg = eval_config(args)
     policy = evaluate(NetworkPolicy(net, cfg, critic=False), list(tasks), cfg, progress=False)
-    reference = evaluate(ScriptedSource(make_expert, name="expert"), list(tasks), cfg, progress=False)
     mlp = evaluate(floor, list(tasks), cfg, progress=False) if floor is not None else None
     out = {}
     for task in tasks:
@@ -180,7 +211,25 @@ class MlpFloor:
         outputs = m.max_action_dims * (m.action_bins if head == "categorical" else 1)
         self.net = nn.Sequential(nn.Linear(inputs, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
                                  nn.Linear(256, outputs))
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.train.lr, weight_decay=0.0)
+        self.steps = 0  # optimizer steps taken: `fit` continues from here on the loader's next batch
         self.name = "mlp-2x256"
+
+    def save(self, path: Path) -> None:
+        """Weights, optimizer state and step count (plain tensors and numbers), written atomically."""
+        import torch
+
+        partial = path.with_suffix(".partial")
+        torch.save({"steps": self.steps, "net": self.net.state_dict(), "opt": self.opt.state_dict()}, partial)
+        partial.replace(path)
+
+    def load(self, path: Path) -> None:
+        import torch
+
+        state = torch.load(path, weights_only=True)  # our own file, and still never unpickled as code
+        self.net.load_state_dict(state["net"])
+        self.opt.load_state_dict(state["opt"])
+        self.steps = int(state["steps"])
 
     def features(self, proprio: Any, mask: Any, task_index: Any) -> Any:
         import torch
@@ -196,6 +245,7 @@ class MlpFloor:
         return self.net(x).view(-1, m.max_action_dims, m.action_bins)  # (B, A, bins)
 
     def fit(self, steps: int) -> float:
+        """Train until `steps` optimizer steps in all (a fresh floor: `steps` of them); returns the seconds spent."""
         import torch
         from pac.data.loader import build_loader
         from pac.inputs import tokenize
@@ -204,9 +254,8 @@ class MlpFloor:
         ids, _ = tokenize(self.instructions, self.cfg.model.max_text_tokens)
         rows = {tuple(r): i for i, r in enumerate(ids.tolist())}
         loader = build_loader(self.cfg, batch_size=self.cfg.train.global_batch_size)
-        opt = torch.optim.AdamW(self.net.parameters(), lr=self.cfg.train.lr, weight_decay=0.0)
         t0 = time.perf_counter()
-        for step in range(steps):
+        for step in range(self.steps, steps):
             batch = loader.batch(step)
             task = torch.tensor([rows[tuple(r)] for r in batch.obs.text.tolist()])
             x = self.features(batch.obs.proprio, batch.obs.proprio_mask, task)
@@ -219,9 +268,10 @@ class MlpFloor:
                 targets = action_targets(batch.action, m.action_bins, o.bc_target, o.bc_target_sigma,
                                          m.action_bin_mu)
                 loss = cross_entropy(self.logits(x)[:, :a], targets, batch.action_mask).mean()
-            opt.zero_grad()
+            self.opt.zero_grad()
             loss.backward()
-            opt.step()
+            self.opt.step()
+            self.steps = step + 1
             if step % max(steps // 10, 1) == 0:
                 log.info("mlp floor: step %d/%d loss %.3f", step, steps, loss.item())
         return time.perf_counter() - t0
@@ -268,6 +318,16 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(row + (f" {r['mlp']:.1f} | {r['mlp_fidelity']:.2f} |" if mlp else ""))
     mean = f"| **mean** | | | | **{result['fidelity_mean']:.2f}** |"
     lines.append(mean + (f" | **{result['mlp_fidelity_mean']:.2f}** |" if mlp else ""))
+    if "curve" in result:  # fidelity at each evaluation on the way: PAC net (MLP floor)
+        tasks = list(result["tasks"])
+        lines += ["", "Fidelity on the way, PAC net" + (" (MLP floor)" if mlp else "") + ":", "",
+                  "| steps | " + " | ".join(tasks) + " | mean | train s |", "|---:|" + "---:|" * (len(tasks) + 2)]
+        for c in result["curve"]:
+            cells = [f"{c['tasks'][t]['fidelity']:.2f}" + (f" ({c['tasks'][t]['mlp_fidelity']:.2f})" if mlp else "")
+                     for t in tasks]
+            mean_cell = f"{fidelity_mean(c['tasks'], 'fidelity'):.2f}" + (
+                f" ({fidelity_mean(c['tasks'], 'mlp_fidelity'):.2f})" if mlp else "")
+            lines.append(f"| {c['steps']} | " + " | ".join(cells) + f" | {mean_cell} | {c['train_s']:.0f} |")
     return "\n".join(lines)
 
 
@@ -295,8 +355,6 @@ def tasks_and_data(args: argparse.Namespace, prog: str) -> tuple[list[str], str]
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    from pac.training.loop import train
-
     found = tasks_and_data(args, "fidelity")
     if found is None:
         return 2
@@ -304,39 +362,132 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     cfg = train_config(args, dataset)
-    start_or_resume(cfg)
+    if args.eval_every and cfg.train.lr_schedule != "constant":
+        print("fidelity: --eval-every needs train.lr_schedule=constant (a decaying rate depends on the whole budget, "
+              "so a point on the way would not be the same run stopped early)", file=sys.stderr)
+        return 2
+    # A constant rate makes a longer run the same run continued: --steps may grow across invocations.
+    start_or_resume(cfg, extendable=cfg.train.lr_schedule == "constant")
+    run = Path(cfg.train.output)
+    curve_file = run / "curve.json"  # inside the run folder: a run started afresh forgets its curve with it
+    curve = [c for c in (json.loads(curve_file.read_text()) if curve_file.exists() else []) if c["steps"] <= args.steps]
+    done = {c["steps"] for c in curve}
+    floor = None
+    reference = None
+    started_at = None  # the step this invocation resumed the run at (0: trained from scratch)
+    for step in milestones(args.steps, args.eval_every):
+        if step in done:
+            continue
+        trained, train_s, resumed_from = train_segment(args, dataset, step)
+        if trained is None:
+            return 3
+        if trained.steps > step:  # a run trained past this point before: its weights there are gone
+            log.warning("the run in %s is at step %d already: no evaluation at step %d", run, trained.steps, step)
+            continue
+        if floor is None and not args.no_mlp:
+            floor = mlp_floor(trained.export_uri, dataset, tasks, run / "mlp-floor.pt")
+        if floor is not None:
+            floor.fit(step)
+            floor.save(run / "mlp-floor.pt")
+        reference = reference or expert_reference(tasks, args)
+        per_task = evaluate_all(trained.export_uri, floor, tasks, args, reference)
+        started_at = resumed_from if started_at is None else started_at
+        curve.append({"steps": step, "train_s": train_s, "resumed_from": started_at, "tasks": per_task})
+        write_atomic(curve_file, json.dumps(curve, indent=2))
+        report(args, dataset, curve, out)
+    if not curve:
+        print(f"fidelity: nothing to evaluate in {run}", file=sys.stderr)
+        return 2
+    if done >= set(milestones(args.steps, args.eval_every)):  # everything was evaluated before: the report again
+        curve[-1] = {**curve[-1], "resumed_from": curve[-1]["steps"]}
+        report(args, dataset, curve, out)
+    print((out / "results.md").read_text())
+    return 0
+
+
+def train_segment(args: argparse.Namespace, dataset: str, step: int) -> tuple[Any, float, int]:
+    """Train (or resume) the run up to `step` and export it; (None, ...) when it was stopped before."""
+    from pac.training.loop import train
+
     t0 = time.perf_counter()
-    trained = train(cfg)
+    trained = train(train_config(args, dataset, step))
     train_s = time.perf_counter() - t0
     if trained.preempted:
         print(f"fidelity: stopped at step {trained.steps}; the same command resumes it", file=sys.stderr)
-        return 3
+        return None, train_s, 0
     resumed_from = trained.steps - len(trained.history)
     if resumed_from:
         log.info("resumed at step %d: train_s covers the last %d steps", resumed_from, len(trained.history))
-    floor = None
-    if not args.no_mlp:
-        from pac.data.dataset import read_manifest
-        from pac.training.export import load_export
+    return trained, train_s, resumed_from
 
-        _, trained_cfg = load_export(trained.export_uri)  # the statistics the PAC run standardised with
-        manifest = read_manifest(dataset, trained_cfg.storage)
-        floor = MlpFloor(trained_cfg, [manifest.tasks[t].instruction for t in tasks])
-        floor.fit(args.steps)
-    per_task = evaluate_all(trained.export_uri, floor, tasks, args)
-    result = {"preset": args.preset, "steps": args.steps, "batch": args.batch, "seed": args.seed, "dataset": dataset,
-              "episodes": args.episodes, "episode_steps": args.episode_steps,
+
+def mlp_floor(export: str, dataset: str, tasks: Sequence[str], saved: Path) -> MlpFloor:
+    """The MLP floor on the statistics the PAC run standardised with, continued from `saved` if there is one."""
+    from pac.data.dataset import read_manifest
+    from pac.training.export import load_export
+
+    _, trained_cfg = load_export(export)
+    manifest = read_manifest(dataset, trained_cfg.storage)
+    floor = MlpFloor(trained_cfg, [manifest.tasks[t].instruction for t in tasks])
+    if saved.exists():
+        floor.load(saved)
+    return floor
+
+
+def report(args: argparse.Namespace, dataset: str, curve: list[dict[str, Any]], out: Path) -> None:
+    """results.json / results.md for the latest evaluation, with the curve so far (and its plot)."""
+    last = curve[-1]
+    result = {"preset": args.preset, "steps": last["steps"], "batch": args.batch, "seed": args.seed,
+              "dataset": dataset, "episodes": args.episodes, "episode_steps": args.episode_steps,
               "expert_noise_std": None if args.dataset else args.expert_noise_std, "eval_episodes": args.eval_episodes,
-              "eval_seed": args.eval_seed,
-              "overrides": args.set, "train_s": train_s, "resumed_from": resumed_from, "tasks": per_task,
-              "fidelity_mean": float(np.mean([r["fidelity"] for r in per_task.values()]))}
-    if floor is not None:
-        result["mlp_fidelity_mean"] = float(np.mean([r["mlp_fidelity"] for r in per_task.values()]))
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    text = markdown(result)
-    (out / "results.md").write_text(text + "\n")
-    print(text)
-    return 0
+              "eval_seed": args.eval_seed, "overrides": args.set,
+              "train_s": sum(c["train_s"] for c in curve), "resumed_from": last["resumed_from"],
+              "tasks": last["tasks"], "fidelity_mean": fidelity_mean(last["tasks"], "fidelity")}
+    if "mlp_fidelity" in next(iter(last["tasks"].values())):
+        result["mlp_fidelity_mean"] = fidelity_mean(last["tasks"], "mlp_fidelity")
+    if len(curve) > 1:
+        result["curve"] = curve
+        plot_curve(curve, result, out / "curve.png")
+    write_atomic(out / "results.json", json.dumps(result, indent=2))
+    write_atomic(out / "results.md", markdown(result) + "\n")
+
+
+def fidelity_mean(tasks: dict[str, dict[str, float]], key: str) -> float:
+    return float(np.mean([r[key] for r in tasks.values()]))
+
+
+def write_atomic(path: Path, text: str) -> None:
+    partial = path.with_suffix(path.suffix + ".partial")
+    partial.write_text(text)
+    partial.replace(path)
+
+
+def plot_curve(curve: list[dict[str, Any]], result: dict[str, Any], path: Path) -> None:
+    """Fidelity against training steps: each task (thin) and the mean (thick); the MLP floor dashed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    steps = [c["steps"] for c in curve]
+    tasks = list(curve[-1]["tasks"])
+    fig = Figure(figsize=(7.2, 4.6))
+    ax = fig.add_subplot()
+    colors = [f"C{i}" for i in range(len(tasks))]
+    for key, style, name in (("fidelity", "-", "PAC net"), ("mlp_fidelity", "--", "MLP floor")):
+        if key not in curve[-1]["tasks"][tasks[0]]:
+            continue
+        for task, color in zip(tasks, colors):
+            ax.plot(steps, [c["tasks"][task][key] for c in curve], style, color=color, lw=1, alpha=0.7,
+                    label=task if key == "fidelity" else None)
+        ax.plot(steps, [fidelity_mean(c["tasks"], key) for c in curve], style, color="black", lw=2.5, marker="o",
+                label=f"{name}: mean")
+    ax.axhline(0.9, color="gray", lw=0.8, ls=":")
+    ax.set_xlabel(f"optimizer steps (batch {result['batch']}, {len(tasks)} tasks)")
+    ax.set_ylabel("fidelity (0 random, 1 expert)")
+    ax.set_title(f"BC fidelity against budget, preset {result['preset']}, seed {result['seed']}")
+    ax.legend(fontsize=7, ncol=2)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    FigureCanvasAgg(fig).print_png(str(path))
 
 
 if __name__ == "__main__":

@@ -304,19 +304,27 @@ def method_config(args: argparse.Namespace, method: str, seed: int, dataset: str
     return cfg
 
 
-def start_or_resume(cfg: Any) -> None:
+def start_or_resume(cfg: Any, extendable: bool = False) -> None:
     """Resume the unit's run from its last checkpoint if it trains the same configuration; else start it afresh
-    (a run folder left by other settings is removed, never continued)."""
+    (a run folder left by other settings is removed, never continued). `extendable`: a run that differs only in
+    its budget (`train.steps` and the intervals derived from it) is the same run, continued or extended."""
     run = Path(cfg.train.output)
     marker = run / "unit-config.json"
     wanted = json.dumps(dataclasses.asdict(cfg), sort_keys=True, default=str)
-    if marker.exists() and marker.read_text() == wanted:
+    if marker.exists() and _identity(marker.read_text(), extendable) == _identity(wanted, extendable):
         return
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
     partial = marker.with_suffix(".partial")
     partial.write_text(wanted)
     partial.replace(marker)
+
+
+def _identity(config_json: str, extendable: bool) -> Any:
+    config = json.loads(config_json)
+    if extendable:
+        config["train"] |= dict.fromkeys(("steps", "log_every", "checkpoint_every"))
+    return config
 
 
 def tail_means(history: list[dict[str, float]], frac: float = 0.1) -> dict[str, float]:
