@@ -26,12 +26,11 @@ from mlflow.tracking import MlflowClient
 from pac.config import Config, TrackingConfig
 from pac.networks import build_model
 from pac.presets import model_config
+from pac.serving import PolicyInput, policy_actions
 from pac.tracking import (
-    PolicyInput,
     Tracker,
     TrackingError,
     load_policy,
-    policy_actions,
     redact_uri,
     resolve_tracking_uri,
     scrub,
@@ -141,16 +140,6 @@ def test_out_of_order_calls_are_refused(tmp_path: Path) -> None:
         tracker.log_metrics({"loss": 1.0}, step=0)
     with pytest.raises(TrackingError, match="call start"):
         tracker.log_model(tmp_path)
-
-
-def test_policy_input_validation() -> None:
-    with pytest.raises(ValueError, match="action_dims or action_low"):
-        PolicyInput(proprio=[1.0])
-    with pytest.raises(ValueError, match="both action_low and action_high"):
-        PolicyInput(proprio=[1.0], action_low=[0.0])
-    with pytest.raises(ValueError, match="disagrees"):
-        PolicyInput(proprio=[1.0], action_dims=3, action_low=[0.0], action_high=[1.0])
-    assert PolicyInput(proprio=[1.0], action_low=[0.0, 0.0], action_high=[1.0, 1.0]).num_action_dims == 2
 
 
 # -- check(): fail fast -----------------------------------------------------------------------------------------

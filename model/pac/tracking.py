@@ -11,8 +11,8 @@ Tracking URI resolution (`resolve_tracking_uri`), first match wins:
 
 The trained model is logged as an MLflow *pyfunc* "model from code": the model directory holds the PAC export
 (`model.safetensors` + `config.json`, see `pac.training.export`) as an artifact and a three-line entry point that
-instantiates `PacPolicy`. Nothing is pickled; loading rebuilds the network with `load_export`, so a model can be
-served by `mlflow.pyfunc.load_model` / `mlflow models serve` wherever the `pac-k8s` package is installed.
+instantiates `pac.serving.PacPolicy`. Nothing is pickled; loading rebuilds the network with `load_export`, so a model
+can be served by `mlflow.pyfunc.load_model` / `mlflow models serve` wherever the `pac-k8s` package is installed.
 
 Secrets never reach MLflow: S3 and tracking credentials live in the environment only, and every param, tag and the
 logged config pass through `scrub`, which masks the value of any secret-looking environment variable and the
@@ -32,29 +32,27 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
-import pydantic
 import torch
 import yaml
 from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
-from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.tracking import MlflowClient
 from mlflow.utils.validation import _validate_metric  # the server's own rule, checked before queueing
 
 from pac import __version__
 from pac.config import Config, TrackingConfig
-from pac.inputs import Observation, denormalize_action, normalize_proprio, task_stats
 from pac.metric_queue import MetricQueue
 from pac.networks import PerceiverActorCritic
-from pac.networks.acting import choose_actions
+
+# PacPolicy, PolicyInput and policy_actions live in pac.serving; models logged before the move name
+# pac.tracking.PacPolicy in their entry point, so the names stay importable from here.
+from pac.serving import EXPORT_ARTIFACT, PacPolicy, PolicyInput, policy_actions
 from pac.training.export import CONFIG, WEIGHTS, ExportError, load_export
 
 log = logging.getLogger(__name__)
 
 LOCAL_STORE = Path("outputs") / "mlruns"  # embedded default, relative to the working directory
-EXPORT_ARTIFACT = "export"  # name of the export directory among the pyfunc model's artifacts
 MODEL_NAME = "policy"  # name of the logged model within its run
 CONFIG_ARTIFACT = "config.yaml"
 MAX_PARAM_LENGTH = 6000  # MLflow rejects longer param values; the full config is in config.yaml anyway
@@ -71,7 +69,7 @@ _ENTRY_POINT = """\
 # Written by pac.tracking.Tracker.log_model: the entry point of a PAC policy logged as an MLflow model from code.
 import mlflow.models
 
-from pac.tracking import PacPolicy
+from pac.serving import PacPolicy
 
 mlflow.models.set_model(PacPolicy())
 """
@@ -141,137 +139,6 @@ def _local_artifact_root(uri: str) -> str | None:
 
 def _is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
-
-
-# -- the servable policy ------------------------------------------------------------------------------------
-
-
-class PolicyInput(pydantic.BaseModel):
-    """One observation for `PacPolicy.predict` (one row of a DataFrame, or one dict of a list).
-
-    The number of action dimensions comes from `action_dims`, else from the length of `action_low`.
-    With bounds the action is returned in [action_low, action_high], without them in the normalised [-1, 1].
-    """
-
-    proprio: list[float]  # proprioceptive state vector, any length up to model.max_proprio_dims
-    # task instruction (the language modality); None: the registered task's own (what training and evaluation
-    # feed), "" for none
-    instruction: str | None = None
-    task: str | None = None  # task id, e.g. "point_mass/easy": picks the state normalisation the model trained with
-    action_dims: int | None = None
-    action_low: list[float] | None = None
-    action_high: list[float] | None = None
-    image: list[list[list[int]]] | None = None  # (H, W, 3) uint8 camera image, when the task has vision
-
-    @pydantic.model_validator(mode="after")
-    def _consistent(self) -> PolicyInput:
-        if (self.action_low is None) != (self.action_high is None):
-            raise ValueError("give both action_low and action_high, or neither")
-        if self.action_low is not None:
-            if len(self.action_low) != len(self.action_high or []):
-                raise ValueError(f"action_low has {len(self.action_low)} values but action_high has "
-                                 f"{len(self.action_high or [])}")
-            if self.action_dims is not None and self.action_dims != len(self.action_low):
-                raise ValueError(f"action_dims={self.action_dims} disagrees with the {len(self.action_low)} "
-                                 "action bounds")
-        elif self.action_dims is None:
-            raise ValueError("give action_dims or action_low/action_high: the policy must know how many action "
-                             "dimensions the embodiment has")
-        if self.action_dims is not None and self.action_dims < 1:
-            raise ValueError(f"action_dims must be >= 1, got {self.action_dims}")
-        if not self.proprio:
-            raise ValueError("proprio must hold at least one value")
-        return self
-
-    @property
-    def num_action_dims(self) -> int:
-        return self.action_dims if self.action_dims is not None else len(self.action_low or [])
-
-
-def _instruction(o: PolicyInput) -> str:
-    """The observation's instruction; when it gives none, its registered task's (the one the model trained with)."""
-    if o.instruction is not None:
-        return o.instruction
-    if o.task:
-        from pac.envs.registry import UnknownTaskError, get_task
-
-        try:
-            return get_task(o.task).instruction
-        except UnknownTaskError:
-            return ""
-    return ""
-
-
-def policy_actions(net: PerceiverActorCritic, config: Config, observations: Sequence[PolicyInput]) -> list[list[float]]:
-    """The model's action for each observation, chosen as its evaluation chooses (`config.eval`: the greedy
-    decode, or the critic's pick among sampled actions where its critic was trained; never exploration),
-    denormalised where bounds are given.
-
-    Sampling uses a fixed seed per row, so the same observation always gets the same action, whatever else
-    is in the batch. Observations may come from different embodiments (different proprio and action sizes):
-    the batch is padded to the largest and each row is cut back to its own action dimensions.
-
-    Args:
-        net: the network, in eval mode.
-        config: its resolved config (bins, text length, action selection).
-        observations: the batch.
-
-    Returns:
-        One action (list of floats) per observation.
-    """
-    if not observations:
-        return []
-    images = None
-    if any(o.image is not None for o in observations):
-        images = [None if o.image is None else np.asarray(o.image, dtype=np.uint8) for o in observations]
-    known = config.model.proprio_stats if config.model.proprio_norm == "task" else {}
-    if known and any(o.task is None for o in observations):
-        # Which statistics apply depends on the task: guessing would act on the wrong scale, silently.
-        raise ValueError(f"this model standardises states per task: give each observation's `task` "
-                         f"(trained on {', '.join(sorted(known))})")
-    proprio = [normalize_proprio(np.asarray(o.proprio, dtype=np.float32), task_stats(config.model, o.task or ""))
-               for o in observations]
-    obs = Observation.from_numpy(proprio, [_instruction(o) for o in observations], config.model.max_text_tokens,
-                                 images)
-    device = next(net.parameters()).device
-    ecfg = config.eval
-    with torch.inference_mode():
-        latents = net.encode(obs.to(device))  # (B, N, D)
-        normalised = choose_actions(
-            net, latents, max(o.num_action_dims for o in observations), greedy=ecfg.greedy,
-            temperature=ecfg.temperature, rngs=[np.random.default_rng(0) for _ in observations],
-            q_select_samples=ecfg.q_select_samples if config.objective.trains_critic else 0).cpu().numpy()  # (B, A)
-    actions = []
-    for row, o in zip(normalised, observations, strict=True):
-        action = row[: o.num_action_dims]
-        if o.action_low is not None:
-            action = denormalize_action(action, np.asarray(o.action_low, np.float32),
-                                        np.asarray(o.action_high, np.float32))
-        actions.append([float(x) for x in action])
-    return actions
-
-
-class PacPolicy(PythonModel):
-    """The PAC policy as an MLflow pyfunc model: observations in, actions out (`policy_actions`).
-
-    `load_context` rebuilds the network from the export artifact with `load_export` (safetensors, no pickle).
-    MLflow validates the input against the `PolicyInput` type hint, so a pandas DataFrame with the same columns
-    and a list of dicts both work, and the serving signature is derived from it.
-    """
-
-    def __init__(self) -> None:
-        self.net: PerceiverActorCritic | None = None
-        self.config: Config | None = None
-
-    def load_context(self, context: PythonModelContext) -> None:
-        self.net, self.config = load_export(context.artifacts[EXPORT_ARTIFACT])
-        self.net.eval()
-
-    def predict(self, model_input: list[PolicyInput], params: dict[str, Any] | None = None) -> list[list[float]]:
-        """Actions for a batch of observations (see `PolicyInput` for the fields)."""
-        if self.net is None or self.config is None:
-            raise TrackingError("PacPolicy.predict called before load_context: load it with mlflow.pyfunc.load_model")
-        return policy_actions(self.net, self.config, model_input)
 
 
 # -- the tracker --------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pac.config import Config, EvalConfig, GenerateConfig, StorageConfig
 from pac.envs import make_env
 from pac.envs.experts import make_expert
 from pac.evaluation import NetworkPolicy, ScriptedSource, evaluate, load_policy_model
-from pac.tracking import PolicyInput, policy_actions
+from pac.serving import PolicyInput, policy_actions
 from pac.training.export import CONFIG, load_export, save_export
 from pac.training.loop import train
 from pac.workflow import generate_dataset

@@ -184,7 +184,7 @@ def test_pac_acts_on_the_better_action_where_the_data_mostly_takes_the_worse_one
     from pac.envs.pool import RemoteEnv
     from pac.evaluation import NetworkPolicy
     from pac.networks import expected_value, value_support
-    from pac.tracking import PolicyInput, policy_actions
+    from pac.serving import PolicyInput, policy_actions
 
     cfg = Config.from_dict({"preset": "tiny", "tracking": {"enabled": False}, "objective": {"bc_filter": "none"},
                             "train": {"steps": 300, "global_batch_size": 64, "micro_batch_size": 64,
