@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 from pac.config import StorageConfig
+from pac.s3 import S3Store
 from pac.storage import (
     BucketNotFoundError,
     LocalStore,
-    S3Store,
     StorageAuthError,
     StorageError,
     StorageNotFoundError,
@@ -291,15 +291,15 @@ def test_a_dropped_connection_while_downloading_stays_retryable_and_a_failed_wri
     import contextlib
     import io
 
-    from pac.storage import _copy_hashing
+    from pac.storage import copy_hashing
 
     class Dropping(io.BytesIO):
         def read(self, n: int = -1) -> bytes:
             raise ConnectionResetError("connection reset by peer")
 
     with pytest.raises(ConnectionResetError):  # not a StorageError: S3Store._call retries connection errors
-        _copy_hashing(lambda: contextlib.nullcontext(Dropping()), tmp_path / "shard.npz")
+        copy_hashing(lambda: contextlib.nullcontext(Dropping()), tmp_path / "shard.npz")
     bad = tmp_path / ("x" * 300) / "shard.npz"  # a directory name longer than any filesystem allows
     with pytest.raises(StorageError, match="cannot write .*shard.npz: File name too long"):
-        _copy_hashing(lambda: contextlib.nullcontext(io.BytesIO(b"x")), bad)
+        copy_hashing(lambda: contextlib.nullcontext(io.BytesIO(b"x")), bad)
     assert list(tmp_path.iterdir()) == []  # no temporary left behind

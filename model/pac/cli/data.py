@@ -106,7 +106,8 @@ def add_check_store(sub: argparse._SubParsersAction) -> None:
 def check_store_command(args: argparse.Namespace) -> int:
     import time
 
-    from pac.storage import S3Store, StorageUnreachableError, open_store
+    from pac.s3 import S3Store
+    from pac.storage import StorageUnreachableError, open_store
 
     cfg = resolve_config(args)
     store = open_store(args.root or cfg.storage.root, cfg.storage)
