@@ -74,9 +74,6 @@ class ModelConfig:
     # states it bends the tails where a closed-loop policy extrapolates. none with the HL-Gauss/mean head below:
     # BC fidelity 0.65 / 0.55 (two seeds) against 0.29 / 0.16 for the former defaults (docs/learner.md)
     proprio_squash: Literal["symlog", "none"] = "none"
-    # instruction: the vector encoder's hidden layer also reads the task's instruction (its byte embeddings,
-    # averaged), so embodiments that share its input slots need not share its features; none: the state alone
-    proprio_condition: Literal["none", "instruction"] = "none"
     # task -> statistics, filled by the training run (not a setting: the data decides it)
     proprio_stats: dict[str, ProprioStats] = field(default_factory=dict)
     max_action_dims: int = 16  # policy queries; embodiments with fewer dims are masked
@@ -110,11 +107,6 @@ class ModelConfig:
                f"must be 'task' or 'none', got {self.proprio_norm!r}")
         _check(self.proprio_squash in ("symlog", "none"), "model.proprio_squash",
                f"must be 'symlog' or 'none', got {self.proprio_squash!r}")
-        _check(self.proprio_condition in ("none", "instruction"), "model.proprio_condition",
-               f"must be 'none' or 'instruction', got {self.proprio_condition!r}")
-        _check(self.proprio_condition == "none" or self.proprio_encoder == "vector", "model.proprio_condition",
-               "'instruction' conditions the vector encoder; the scalar encoder's tokens meet the instruction in "
-               "attention already")
         _check(self.action_decode in ("argmax", "mean", "topk"), "model.action_decode",
                f"must be 'argmax', 'mean' or 'topk', got {self.action_decode!r}")
         _check(self.action_decode_k >= 1, "model.action_decode_k", f"must be >= 1, got {self.action_decode_k}")

@@ -48,12 +48,12 @@ def test_sample_with_no_modality_at_all_is_defined(net) -> None:
     assert torch.isfinite(out.policy_logits).all()
 
 
-@pytest.mark.parametrize("encoder,condition", [("scalar", "none"), ("vector", "none"), ("vector", "instruction")])
-def test_mixed_embodiments_in_one_batch_match_their_single_sample_outputs(encoder: str, condition: str) -> None:
+@pytest.mark.parametrize("encoder", ["scalar", "vector"])
+def test_mixed_embodiments_in_one_batch_match_their_single_sample_outputs(encoder: str) -> None:
     """Padding is invisible, for every proprio encoder: a sample's output does not depend on the other samples'
     state sizes."""
     torch.manual_seed(0)
-    net = build_model(dataclasses.replace(CFG, proprio_encoder=encoder, proprio_condition=condition)).eval()
+    net = build_model(dataclasses.replace(CFG, proprio_encoder=encoder)).eval()
     mixed = make_obs([3, 17, 8], [False, True, False], [True, True, False])
     for p in net.parameters():  # non-zero heads so the comparison is not trivially equal
         torch.nn.init.normal_(p, std=0.05) if p.dim() > 1 else None
@@ -70,14 +70,11 @@ def test_mixed_embodiments_in_one_batch_match_their_single_sample_outputs(encode
         torch.testing.assert_close(out.q_logits[i], ref.q_logits[0], atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("condition", ["none", "instruction"])
-def test_shared_instructions_encode_and_train_as_if_each_sample_were_alone(condition: str) -> None:
+def test_shared_instructions_encode_and_train_as_if_each_sample_were_alone() -> None:
     """The encoder computes an instruction's tokens once per distinct instruction in the batch: each sample's
     latents and each parameter's gradient must equal those of the samples encoded one at a time."""
     torch.manual_seed(1)
-    net = build_model(dataclasses.replace(CFG, proprio_condition=condition))
-    if condition == "instruction":  # starts at zero; non-zero so the instruction reaches the state encoder
-        torch.nn.init.normal_(net.encoder.proprio.condition.weight, std=0.1)
+    net = build_model(CFG)
     texts = ["reach", "balance the pole", "reach", "reach the target", "", "balance the pole"]
     rng = np.random.default_rng(0)
     proprio = [rng.normal(size=4).astype(np.float32) for _ in texts]
@@ -188,23 +185,3 @@ def test_an_observation_gets_the_same_outputs_alone_as_in_a_batch(net) -> None:
             assert torch.equal(part.latents, together.latents[rows])  # (the heads start at zero: compare these too)
             assert torch.equal(part.policy_logits, together.policy_logits[rows])
             assert torch.equal(part.q_logits, together.q_logits[rows])
-
-
-def test_the_conditioned_state_encoder_starts_as_the_plain_one_and_tells_tasks_apart() -> None:
-    torch.manual_seed(2)
-    plain = build_model(CFG).eval()
-    torch.manual_seed(2)
-    conditioned = build_model(dataclasses.replace(CFG, proprio_condition="instruction")).eval()
-    missing, unexpected = conditioned.load_state_dict(plain.state_dict(), strict=False)
-    assert missing == ["encoder.proprio.condition.weight", "encoder.proprio.condition.bias"] and not unexpected
-    state = np.ones(4, np.float32)
-    obs = Observation.from_numpy([state, state], ["reach the target", "move the point mass"], CFG.max_text_tokens)
-    with torch.no_grad():
-        torch.testing.assert_close(conditioned.encode(obs), plain.encode(obs))  # zero-initialised: no change
-        torch.nn.init.normal_(conditioned.encoder.proprio.condition.weight, std=0.1)
-        tokens, _ = conditioned.encoder.proprio(obs.proprio, obs.proprio_mask, torch.randn(2, CFG.d_model))
-    assert not torch.allclose(tokens[0], tokens[1])  # one state, two tasks: two readings of it
-    with pytest.raises(ValueError, match="needs the instruction"):
-        conditioned.encoder.proprio(obs.proprio, obs.proprio_mask)
-    with pytest.raises(ValueError, match="model.proprio_condition.*scalar"):
-        dataclasses.replace(CFG, proprio_encoder="scalar", proprio_condition="instruction")

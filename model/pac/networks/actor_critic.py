@@ -42,16 +42,12 @@ class PerceiverEncoder(nn.Module):
         device = obs.proprio.device
         read = self.read
         types = self.modality(torch.arange(4, device=device))  # (4, D)
+        proprio, proprio_mask = self.proprio(obs.proprio, obs.proprio_mask)
         # Every sample of a task carries the same instruction, most of the input tokens (48 bytes against a
         # handful of state values): its keys and values are computed once per distinct instruction in the
         # batch and shared. Exact: layer norm and projection act on each token alone.
         text, text_mask, inverse = _distinct_rows(obs.text, obs.text_mask)
         language, language_mask = self.language(text, text_mask)
-        context = None
-        if self.proprio.condition is not None:  # the instruction's mean byte embedding, for the state encoder
-            weights = language_mask.unsqueeze(-1).to(language.dtype)
-            context = ((language * weights).sum(1) / weights.sum(1).clamp_min(1)).index_select(0, inverse)
-        proprio, proprio_mask = self.proprio(obs.proprio, obs.proprio_mask, context)
         # index_select, not x[inverse]: its backward is index_add_, indexing's is a serial scatter on CPU.
         kv = [read.keys_values(proprio + types[0]), read.keys_values(language + types[1]).index_select(0, inverse)]
         masks = [proprio_mask, language_mask.index_select(0, inverse)]

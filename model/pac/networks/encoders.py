@@ -49,7 +49,6 @@ class ProprioEncoder(nn.Module):
         self.bands = cfg.proprio_fourier_bands
         self.symlog = cfg.proprio_squash == "symlog"
         self.vector = cfg.proprio_encoder == "vector"
-        self.condition: Linear | None = None  # the instruction's path into the vector encoder, if conditioned
         features = 1 + 2 * self.bands
         if self.vector:
             self.tokens, self.d_model = cfg.proprio_tokens, cfg.d_model
@@ -57,16 +56,12 @@ class ProprioEncoder(nn.Module):
             self.value = nn.Sequential(Linear(cfg.max_proprio_dims * (features + 1), hidden, init="fan_in"),
                                        nn.GELU(), Linear(hidden, cfg.proprio_tokens * cfg.d_model, init="fan_in"))
             self.position = Embedding(cfg.proprio_tokens, cfg.d_model)
-            if cfg.proprio_condition == "instruction":  # zero-initialised: starts as the unconditioned encoder
-                self.condition = Linear(cfg.d_model, hidden, init="zeros")
         else:
             self.value = nn.Sequential(Linear(features, cfg.d_model, init="fan_in"), nn.GELU(),
                                        Linear(cfg.d_model, cfg.d_model, init="fan_in"))
             self.position = Embedding(cfg.max_proprio_dims, cfg.d_model)
 
-    def forward(self, proprio: torch.Tensor, mask: torch.Tensor,
-                context: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """`context` (B, D): the task's instruction embedding, read by a conditioned vector encoder."""
+    def forward(self, proprio: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, p = proprio.shape
         if p > self.max_dims:
             raise ValueError(f"observation has {p} proprio dimensions; the model takes at most "
@@ -79,14 +74,7 @@ class ProprioEncoder(nn.Module):
         m = mask.to(x.dtype)
         x = torch.cat([x * m[..., None], m[..., None]], -1)  # (B, P, F + 1): zero features where absent
         x = nn.functional.pad(x, (0, 0, 0, self.max_dims - p)).flatten(1)  # (B, max_dims * (F + 1))
-        if self.condition is None:
-            tokens = self.value(x.to(dtype))
-        else:
-            if context is None:
-                raise ValueError("model.proprio_condition=instruction needs the instruction's embedding")
-            first, act, last = self.value
-            tokens = last(act(first(x.to(dtype)) + self.condition(context.to(dtype))))
-        tokens = tokens.view(b, self.tokens, self.d_model)  # (B, T, D)
+        tokens = self.value(x.to(dtype)).view(b, self.tokens, self.d_model)  # (B, T, D)
         tokens = tokens + self.position(_arange(self.tokens, proprio.device))
         return tokens, mask.any(1, keepdim=True).expand(b, self.tokens)
 
