@@ -70,14 +70,15 @@ class ShardInfo:
     def summarize(episodes: Sequence[Episode], path: str, sha256: str, nbytes: int) -> ShardInfo:
         """Summary of validated episodes of one task (as written into one shard)."""
         first = episodes[0]
-        proprio = np.concatenate([ep.proprio for ep in episodes]).astype(np.float64)
-        mean = proprio.mean(axis=0)
         by_quality: dict[str, dict[str, Any]] = {}
         for quality in dict.fromkeys(ep.quality for ep in episodes):
             states = np.concatenate([ep.proprio for ep in episodes if ep.quality == quality]).astype(np.float64)
             center = states.mean(axis=0)
             by_quality[quality] = {"observations": int(states.shape[0]), "proprio_mean": center.tolist(),
                                    "proprio_m2": ((states - center) ** 2).sum(axis=0).tolist()}
+        # The shard's moments pooled from its qualities' (exact up to rounding), not from a second copy of its states.
+        observations, mean, m2 = _combine([(m["observations"], m["proprio_mean"], m["proprio_m2"])
+                                           for m in by_quality.values()])
         instructions = list(dict.fromkeys(ep.instruction for ep in episodes))
         return ShardInfo(
             path=path, sha256=sha256, bytes=nbytes, task=first.task, episodes=len(episodes),
@@ -88,8 +89,7 @@ class ShardInfo:
             episode_returns=[float(np.float64(ep.rewards.astype(np.float64).sum())) for ep in episodes],
             qualities=dict(Counter(ep.quality for ep in episodes)),
             policies=dict(Counter(ep.policy for ep in episodes if ep.policy)),
-            proprio_mean=mean.tolist(), proprio_m2=((proprio - mean) ** 2).sum(axis=0).tolist(),
-            observations=int(proprio.shape[0]),
+            proprio_mean=mean.tolist(), proprio_m2=m2.tolist(), observations=observations,
             action_low=np.min([ep.action_low for ep in episodes], axis=0).astype(np.float64).tolist(),
             action_high=np.max([ep.action_high for ep in episodes], axis=0).astype(np.float64).tolist(),
             episode_qualities=[ep.quality for ep in episodes], quality_proprio=by_quality)
