@@ -267,10 +267,7 @@ class MlpFloor:
                 m, o = self.cfg.model, self.cfg.objective
                 targets = action_targets(batch.action, m.action_bins, o.bc_target, o.bc_target_sigma,
                                          m.action_bin_mu)
-                loss = cross_entropy(self.logits(x)[:, :a], targets, batch.action_mask)
-                if o.action_dims_reduce == "mean":  # the PAC run's reduction over action dimensions
-                    loss = loss / batch.action_mask.sum(-1).clamp_min(1)
-                loss = loss.mean()
+                loss = cross_entropy(self.logits(x)[:, :a], targets, batch.action_mask).mean()
             self.opt.zero_grad()
             loss.backward()
             self.opt.step()

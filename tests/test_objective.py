@@ -65,33 +65,6 @@ def test_bc_setting_is_exactly_the_behaviour_cloning_nll() -> None:
     assert set(metrics) == {"bc_nll", "entropy", "loss"}
 
 
-def test_the_mean_over_action_dimensions_weighs_every_embodiment_the_same() -> None:
-    torch.manual_seed(0)
-    cfg = model_config("tiny")
-    net = build_model(cfg)
-    torch.nn.init.normal_(net.policy.head.weight, std=0.1)
-    mixed = synthetic_transitions(cfg, 8, action_dims=(1, 4))  # a 1-dim and a 4-dim embodiment, alternating
-    loss, _ = pac_loss(net, None, Temperature(ObjectiveConfig()), mixed,
-                       ObjectiveConfig(alpha=1.0, beta=0.0, bc_target="onehot", action_dims_reduce="mean"))
-    logits = net.policy_logits(net.encode(mixed.obs), mixed.action.shape[1])
-    idx = action_to_bins(mixed.action, cfg.action_bins)
-    per_dim = -F.log_softmax(logits, -1).gather(-1, idx[..., None])[..., 0] * mixed.action_mask
-    torch.testing.assert_close(loss, (per_dim.sum(-1) / mixed.action_mask.sum(-1)).mean())
-
-    # PAC's policy terms (BC and improvement) scale by 1/dims; the critic's does not.
-    four = synthetic_transitions(cfg, 8, action_dims=(4,))
-    target = copy.deepcopy(net)
-    metrics = {}
-    for reduce in ("sum", "mean"):
-        objective = ObjectiveConfig(alpha=0.5, beta=1.0, action_dims_reduce=reduce)
-        _, metrics[reduce] = pac_loss(net, target, Temperature(objective), four, objective,
-                                      torch.Generator().manual_seed(3))
-    for key, scale in (("bc_nll", 4.0), ("improve_loss", 4.0), ("q_loss", 1.0)):
-        torch.testing.assert_close(metrics["sum"][key], scale * metrics["mean"][key])
-    with pytest.raises(ConfigError, match="objective.action_dims_reduce"):
-        ObjectiveConfig(action_dims_reduce="max")
-
-
 def test_method_names() -> None:
     assert ObjectiveConfig(alpha=1.0, beta=0.0).method == "BC"
     assert ObjectiveConfig(alpha=1.0, beta=1.0).method == "BC+Q"

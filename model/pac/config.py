@@ -137,11 +137,6 @@ class ObjectiveConfig:
     # (0.75 widths reached 0.38, 2 widths 0.65 on the same 3 tasks and seeds; docs/learner.md)
     bc_target: Literal["onehot", "twohot", "hlgauss"] = "hlgauss"
     bc_target_sigma: float = 2.0
-    # how a sample's policy log-likelihood (BC and improvement terms) combines its action dimensions: sum (the
-    # factorised joint's log-likelihood, the paper's) or mean, so each embodiment of a multi-task batch weighs the
-    # same whatever its action size (with sum, the 9-dim arm takes 56% of the six-task benchmark's BC gradient
-    # and each 1-dim cartpole task 6%; docs/learner.md)
-    action_dims_reduce: Literal["sum", "mean"] = "sum"
     # which data actions the BC term imitates (our extension, not the paper's): all of them, or only those the
     # critic ranks above the policy's own value, A(s, a) = Q(s, a) - mean_k Q(s, a'_k) > 0 (CRR's binary filter,
     # Wang et al. 2020). Needs a critic (beta > 0). On data whose most frequent action is the worse one it moves
@@ -177,8 +172,6 @@ class ObjectiveConfig:
         _check(self.bc_target in ("onehot", "twohot", "hlgauss"), "objective.bc_target",
                f"must be 'onehot', 'twohot' or 'hlgauss', got {self.bc_target!r}")
         _check(self.bc_target_sigma > 0, "objective.bc_target_sigma", f"must be > 0, got {self.bc_target_sigma}")
-        _check(self.action_dims_reduce in ("sum", "mean"), "objective.action_dims_reduce",
-               f"must be 'sum' or 'mean', got {self.action_dims_reduce!r}")
         _check(self.bc_filter in ("none", "advantage", "soft", "auto"), "objective.bc_filter",
                f"must be 'none', 'advantage', 'soft' or 'auto', got {self.bc_filter!r}")
         _check(self.bc_filter not in ("advantage", "soft") or self.beta > 0, "objective.bc_filter",

@@ -142,11 +142,7 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
     logits = net.policy_logits(z, a_dims)  # (B, A, bins)
     targets = action_targets(batch.action, mcfg.action_bins, cfg.bc_target, cfg.bc_target_sigma,
                              mcfg.action_bin_mu)  # (B, A, bins)
-    # (B,) per-sample weight of the policy terms: 1 (the joint log-likelihood), or 1/dims (their mean)
-    per_dim = 1.0 / mask.sum(-1).clamp_min(1).float() if cfg.action_dims_reduce == "mean" else None
     nll = cross_entropy(logits, targets, mask)  # (B,)
-    if per_dim is not None:
-        nll = nll * per_dim
     metrics: dict[str, torch.Tensor] = {"bc_nll": nll.mean().detach(),
                                         "entropy": entropy(logits, mask).mean().detach()}
     improve = cfg.alpha < 1.0
@@ -200,10 +196,7 @@ def pac_loss(net: PerceiverActorCritic, target: PerceiverActorCritic | None, tem
     if improve:
         with torch.no_grad():
             w = improvement_weights(q_sampled, eta.detach())
-        logp = log_prob(logits, idx, mask)  # (B, K)
-        if per_dim is not None:
-            logp = logp * per_dim[:, None]
-        improve_loss = -(w * logp).sum(1).mean()
+        improve_loss = -(w * log_prob(logits, idx, mask)).sum(1).mean()
         loss = loss + (1 - cfg.alpha) * improve_loss
         metrics.update(improve_loss=improve_loss.detach(),
                        kl_weights=(w * torch.log(w * k + 1e-12)).sum(1).mean(),
